@@ -1,0 +1,2 @@
+//! Agent registry library.
+pub mod pb;
