@@ -125,3 +125,22 @@ pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
         .insert("x-registration-token", token.parse().unwrap());
     request
 }
+
+/// Declares behaviour tests once and runs each on every [`Backend`].
+///
+/// Each listed name must be an `async fn name(backend: Backend)` in the
+/// invoking module; the macro adds one `#[tokio::test]` per backend
+/// (`memory::name`, ...), so a new store is one more arm here.
+#[macro_export]
+macro_rules! behaviour_tests {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Memory).await
+                }
+            )*
+        }
+    };
+}
