@@ -1,2 +1,33 @@
-//! Agent registry library.
+//! Agent registry: a gRPC service where agents register their capabilities
+//! and stay alive with heartbeats, schedulers discover them, operators watch
+//! the population change, and anyone can notify an agent.
+//!
+//! # Layout
+//! - [`domain`]: the pure model and rules (validation, tokens, status,
+//!   ranking, paging). No I/O.
+//! - [`store`]: the [`store::Store`] trait and its implementations; every
+//!   mutation is atomic, bumps the registry-wide revision and publishes the
+//!   change on the feed.
+//! - [`feed`]: the one task per replica that applies the store's changes, in
+//!   order, to the [`view`] and the [`mailbox`]es.
+//! - [`view`]: each replica's in-memory index; serves reads and fans changes
+//!   out to watchers.
+//! - [`mailbox`]: live notification subscribers of this replica.
+//! - [`outbox`]: the bounded queue between the feed and one stream.
+//! - [`reaper`]: moves overdue agents to UNHEALTHY, then removes them.
+//! - [`service`]: the tonic service: decode → validate → call → encode.
+//! - [`server`]: the composition root.
+//! - [`config`]: flags and environment variables.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod domain;
+pub mod feed;
+pub mod mailbox;
+pub mod outbox;
 pub mod pb;
+pub mod reaper;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod view;

@@ -1,0 +1,314 @@
+//! An agent's record and the rules that move it: creation, re-registration,
+//! heartbeats and the overdue transition, plus the status rule (BEHAVIOUR.md
+//! §4). Stores call these so every store applies the same rules.
+
+use std::collections::BTreeMap;
+
+use super::{AgentId, AgentType, Millis, Revision, Status, to_secs};
+
+/// Execution statistics an agent reports about itself.
+#[derive(Copy, Clone, Debug, Default, PartialEq)]
+pub struct Telemetry {
+    /// Fraction of successful executions, `0.0..=1.0`.
+    pub success_rate: f64,
+    /// Mean execution time in milliseconds, `>= 0`.
+    pub avg_duration_ms: i64,
+    /// Executions so far, `>= 0`.
+    pub total_executions: i64,
+    /// Failed executions, `0..=total_executions`.
+    pub failed_executions: i64,
+    /// Unix seconds of the last execution, 0 = never.
+    pub last_execution_at: i64,
+}
+
+impl Telemetry {
+    /// The status rule: no executions yet → HEALTHY; success rate below 0.3 →
+    /// UNHEALTHY; below 0.5 → DEGRADED; else HEALTHY.
+    pub fn status(&self) -> Status {
+        if self.total_executions == 0 {
+            Status::Healthy
+        } else if self.success_rate < 0.3 {
+            Status::Unhealthy
+        } else if self.success_rate < 0.5 {
+            Status::Degraded
+        } else {
+            Status::Healthy
+        }
+    }
+}
+
+/// What a client asks to be registered as; validated before it gets here.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Registration {
+    /// Its type.
+    pub agent_type: AgentType,
+    /// Distinct capabilities, in the order first given.
+    pub capabilities: Vec<String>,
+    /// Free-form labels.
+    pub metadata: BTreeMap<String, String>,
+    /// Namespace (`default` when none was given).
+    pub namespace: String,
+    /// Cluster (`local` when none was given).
+    pub cluster: String,
+    /// Version (`1.0.0` when none was given).
+    pub version: String,
+    /// `host:port` it serves on, or empty.
+    pub endpoint: String,
+    /// Initial telemetry, if any.
+    pub telemetry: Option<Telemetry>,
+    /// Heartbeat timeout granted, in seconds (already clamped).
+    pub ttl_secs: u32,
+}
+
+/// A registered agent as the registry knows it. The token hash is not here:
+/// it stays inside the store, so views, events and responses cannot leak it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Agent {
+    /// Identity.
+    pub id: AgentId,
+    /// Type.
+    pub agent_type: AgentType,
+    /// Distinct capabilities.
+    pub capabilities: Vec<String>,
+    /// Labels.
+    pub metadata: BTreeMap<String, String>,
+    /// Last reported telemetry (zeros when none was ever given).
+    pub telemetry: Telemetry,
+    /// Current status (UNHEALTHY while overdue).
+    pub status: Status,
+    /// Whether its heartbeat deadline passed (it awaits removal).
+    pub overdue: bool,
+    /// Unix seconds of its first registration; kept on re-registration.
+    pub registered_at: i64,
+    /// Exact time of the last Register/Heartbeat.
+    pub last_seen_ms: Millis,
+    /// Heartbeat timeout in seconds.
+    pub ttl_secs: u32,
+    /// Namespace.
+    pub namespace: String,
+    /// Cluster.
+    pub cluster: String,
+    /// Version.
+    pub version: String,
+    /// Where it serves, or empty.
+    pub endpoint: String,
+    /// Revision of its last change seen by watchers.
+    pub revision: Revision,
+}
+
+impl AsRef<Agent> for Agent {
+    fn as_ref(&self) -> &Agent {
+        self
+    }
+}
+
+/// What a heartbeat changed, so the store emits exactly the right events.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct HeartbeatEffect {
+    /// New telemetry differing from the old was given (UPDATED).
+    pub telemetry_changed: bool,
+    /// The status changed from this one (STATUS_CHANGED).
+    pub previous_status: Option<Status>,
+}
+
+impl Agent {
+    /// A new agent from a registration at `now` (revision 0 until the store
+    /// assigns one).
+    pub fn create(id: AgentId, reg: Registration, now: Millis) -> Self {
+        let telemetry = reg.telemetry.unwrap_or_default();
+        Self {
+            id,
+            agent_type: reg.agent_type,
+            capabilities: reg.capabilities,
+            metadata: reg.metadata,
+            status: telemetry.status(),
+            telemetry,
+            overdue: false,
+            registered_at: to_secs(now),
+            last_seen_ms: now,
+            ttl_secs: reg.ttl_secs,
+            namespace: reg.namespace,
+            cluster: reg.cluster,
+            version: reg.version,
+            endpoint: reg.endpoint,
+            revision: 0,
+        }
+    }
+
+    /// This agent registered again under its id: everything replaced but the
+    /// id and `registered_at`; telemetry kept when none is given.
+    pub fn reregister(&self, reg: Registration, now: Millis) -> Self {
+        let telemetry = reg.telemetry.unwrap_or(self.telemetry);
+        Self {
+            registered_at: self.registered_at,
+            telemetry,
+            ..Self::create(self.id, Registration { telemetry: Some(telemetry), ..reg }, now)
+        }
+    }
+
+    /// A heartbeat at `now`: fresh liveness, telemetry replaced when given,
+    /// status recomputed (which revives an overdue agent).
+    pub fn heartbeat(&self, telemetry: Option<Telemetry>, now: Millis) -> (Self, HeartbeatEffect) {
+        let telemetry_changed = telemetry.is_some_and(|t| t != self.telemetry);
+        let telemetry = telemetry.unwrap_or(self.telemetry);
+        let status = telemetry.status();
+        let next = Self {
+            telemetry,
+            status,
+            overdue: false,
+            last_seen_ms: now.max(self.last_seen_ms),
+            ..self.clone()
+        };
+        let previous_status = (status != self.status).then_some(self.status);
+        (
+            next,
+            HeartbeatEffect {
+                telemetry_changed,
+                previous_status,
+            },
+        )
+    }
+
+    /// The heartbeat deadline passed: the agent turns UNHEALTHY. Returns the
+    /// new record and the previous status when the status changed.
+    pub fn mark_overdue(&self) -> (Self, Option<Status>) {
+        let next = Self {
+            status: Status::Unhealthy,
+            overdue: true,
+            ..self.clone()
+        };
+        let previous = (self.status != Status::Unhealthy).then_some(self.status);
+        (next, previous)
+    }
+
+    /// When it turns UNHEALTHY without a heartbeat (exact).
+    pub fn deadline_ms(&self) -> Millis {
+        self.last_seen_ms + i64::from(self.ttl_secs) * 1000
+    }
+
+    /// When it is removed without a heartbeat (exact).
+    pub fn removal_ms(&self, grace: std::time::Duration) -> Millis {
+        self.deadline_ms() + i64::try_from(grace.as_millis()).unwrap_or(i64::MAX / 4)
+    }
+
+    /// The next transition due for this agent: the deadline while live, the
+    /// removal time while overdue.
+    pub fn next_due_ms(&self, grace: std::time::Duration) -> Millis {
+        if self.overdue {
+            self.removal_ms(grace)
+        } else {
+            self.deadline_ms()
+        }
+    }
+
+    /// `last_seen` in whole seconds, as on the wire.
+    pub fn last_seen(&self) -> i64 {
+        to_secs(self.last_seen_ms)
+    }
+
+    /// `expires_at` in whole seconds, as on the wire: `last_seen + ttl`.
+    pub fn expires_at(&self) -> i64 {
+        self.last_seen() + i64::from(self.ttl_secs)
+    }
+
+    /// Whether it has every one of `capabilities`.
+    pub fn has_all(&self, capabilities: &[String]) -> bool {
+        capabilities.iter().all(|c| self.capabilities.contains(c))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn registration() -> Registration {
+        Registration {
+            agent_type: AgentType::Worker,
+            capabilities: vec!["a".into()],
+            metadata: BTreeMap::new(),
+            namespace: "default".into(),
+            cluster: "local".into(),
+            version: "1.0.0".into(),
+            endpoint: String::new(),
+            telemetry: None,
+            ttl_secs: 10,
+        }
+    }
+
+    fn telemetry(rate: f64, total: i64) -> Telemetry {
+        Telemetry {
+            success_rate: rate,
+            total_executions: total,
+            ..Telemetry::default()
+        }
+    }
+
+    #[test]
+    fn status_rule_boundaries() {
+        assert_eq!(telemetry(0.0, 0).status(), Status::Healthy);
+        assert_eq!(telemetry(0.29, 5).status(), Status::Unhealthy);
+        assert_eq!(telemetry(0.3, 5).status(), Status::Degraded);
+        assert_eq!(telemetry(0.49, 5).status(), Status::Degraded);
+        assert_eq!(telemetry(0.5, 5).status(), Status::Healthy);
+    }
+
+    #[test]
+    fn heartbeat_without_telemetry_keeps_it_and_stays_healthy() {
+        let a = Agent::create(AgentId::new_v4(), registration(), 1_000);
+        let (b, effect) = a.heartbeat(None, 5_000);
+        assert_eq!(b.status, Status::Healthy);
+        assert_eq!(b.last_seen_ms, 5_000);
+        assert_eq!(
+            effect,
+            HeartbeatEffect {
+                telemetry_changed: false,
+                previous_status: None
+            }
+        );
+    }
+
+    #[test]
+    fn heartbeat_reports_telemetry_and_status_changes() {
+        let a = Agent::create(AgentId::new_v4(), registration(), 1_000);
+        let (b, effect) = a.heartbeat(Some(telemetry(0.1, 10)), 2_000);
+        assert_eq!(b.status, Status::Unhealthy);
+        assert!(effect.telemetry_changed);
+        assert_eq!(effect.previous_status, Some(Status::Healthy));
+        let (_, same) = b.heartbeat(Some(telemetry(0.1, 10)), 3_000);
+        assert!(!same.telemetry_changed);
+        assert_eq!(same.previous_status, None);
+    }
+
+    #[test]
+    fn overdue_then_heartbeat_revives() {
+        let a = Agent::create(AgentId::new_v4(), registration(), 1_000);
+        let (o, prev) = a.mark_overdue();
+        assert_eq!((o.status, o.overdue, prev), (Status::Unhealthy, true, Some(Status::Healthy)));
+        let (r, effect) = o.heartbeat(None, 2_000);
+        assert_eq!((r.status, r.overdue), (Status::Healthy, false));
+        assert_eq!(effect.previous_status, Some(Status::Unhealthy));
+    }
+
+    #[test]
+    fn reregister_keeps_registered_at_and_old_telemetry_when_none_given() {
+        let mut reg = registration();
+        reg.telemetry = Some(telemetry(0.4, 10));
+        let a = Agent::create(AgentId::new_v4(), reg, 1_000);
+        let mut again = registration();
+        again.namespace = "other".into();
+        let b = a.reregister(again, 9_000);
+        assert_eq!(b.registered_at, 1);
+        assert_eq!(b.last_seen_ms, 9_000);
+        assert_eq!(b.namespace, "other");
+        assert_eq!(b.telemetry, a.telemetry);
+        assert_eq!(b.status, Status::Degraded);
+    }
+
+    #[test]
+    fn deadlines_count_from_the_exact_last_seen() {
+        let a = Agent::create(AgentId::new_v4(), registration(), 1_500);
+        assert_eq!(a.deadline_ms(), 11_500);
+        assert_eq!(a.removal_ms(std::time::Duration::from_secs(2)), 13_500);
+        assert_eq!((a.last_seen(), a.expires_at()), (1, 11));
+    }
+}

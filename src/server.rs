@@ -1,0 +1,135 @@
+//! The composition root: builds the store named by the settings, this
+//! replica's view, mailboxes, feed pump and reaper, and serves gRPC until
+//! told to stop. The only file that names a concrete store.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{Settings, StoreSettings},
+    domain::clock::{Clock, SystemClock},
+    feed,
+    mailbox::Mailboxes,
+    pb::service_registry_server::ServiceRegistryServer,
+    reaper,
+    service::{RegistryService, ServiceParts},
+    store::{MemoryStore, Store},
+    view::View,
+};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configured store is not available in this build.
+    #[error("store not supported: {0}")]
+    Store(String),
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Running {
+    grpc_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// The bound gRPC address (the real port when 0 was asked for).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// A token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops the server: streams end with UNAVAILABLE, in-flight calls finish.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+
+    /// Waits until the server has stopped (after its token was cancelled).
+    pub async fn wait(self) {
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "server task failed");
+        }
+    }
+}
+
+/// Binds the listeners and starts serving in the background.
+///
+/// # Errors
+/// [`StartError`] when a port cannot be bound or the store is unsupported.
+pub async fn start(settings: Settings) -> Result<Running, StartError> {
+    let listener = TcpListener::bind(settings.grpc_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: settings.grpc_addr,
+            source,
+        })?;
+    let grpc_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: settings.grpc_addr,
+        source,
+    })?;
+    let shutdown = CancellationToken::new();
+    let task = match &settings.store {
+        StoreSettings::Memory => {
+            let store = Arc::new(MemoryStore::new(settings.ttl.removal_grace));
+            tokio::spawn(serve(store, settings.clone(), listener, shutdown.clone()))
+        }
+        StoreSettings::Redis { .. } => {
+            return Err(StartError::Store("the redis store is not built yet".into()));
+        }
+    };
+    tracing::info!(grpc = %grpc_addr, store = ?settings.store, settings = ?settings, "agent registry started");
+    Ok(Running {
+        grpc_addr,
+        shutdown,
+        task,
+    })
+}
+
+async fn serve<S: Store>(store: Arc<S>, settings: Settings, listener: TcpListener, shutdown: CancellationToken) {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let view = View::new();
+    let mailboxes = Mailboxes::new();
+    let feed_task = tokio::spawn(feed::run(store.clone(), view.clone(), mailboxes.clone(), shutdown.clone()));
+    let reaper_task = tokio::spawn(reaper::run(store.clone(), clock.clone(), shutdown.clone()));
+    let service = RegistryService::new(ServiceParts {
+        store,
+        view,
+        mailboxes,
+        clock,
+        ttl: settings.ttl,
+        require_token: settings.require_token,
+        shutdown: shutdown.clone(),
+    });
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(ServiceRegistryServer::new(service))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned())
+        .await;
+    if let Err(error) = result {
+        tracing::error!(%error, "gRPC server failed");
+    }
+    shutdown.cancel();
+    for task in [feed_task, reaper_task] {
+        if let Err(error) = task.await {
+            tracing::error!(%error, "background task failed");
+        }
+    }
+}

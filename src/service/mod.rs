@@ -1,0 +1,260 @@
+//! The tonic service: each RPC decodes and validates its request
+//! ([`convert`]), makes one store or view call, and encodes the answer.
+//! Errors become statuses only through [`status`].
+//!
+//! Depends on: domain, store, view, mailbox, pb.
+
+pub mod convert;
+pub mod status;
+mod streams;
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::{
+    config::TtlPolicy,
+    domain::{
+        Result, Revision, Token,
+        clock::Clock,
+        query::{decode_page_token, encode_page_token},
+        validate,
+    },
+    mailbox::Mailboxes,
+    pb::{self, service_registry_server::ServiceRegistry},
+    store::{HeartbeatCommand, NotifyCommand, Ownership, RegisterCommand, Store},
+    view::View,
+};
+
+/// How long a write waits for this replica's view to apply it before
+/// answering (read-your-writes). The feed normally takes microseconds.
+const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(1);
+
+/// A server-streaming response.
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Everything a request handler needs; cheap to clone.
+pub struct RegistryService<S> {
+    store: Arc<S>,
+    view: Arc<View>,
+    mailboxes: Arc<Mailboxes>,
+    clock: Arc<dyn Clock>,
+    ttl: TtlPolicy,
+    require_token: bool,
+    /// Cancelled when the server stops: open streams end with UNAVAILABLE.
+    shutdown: CancellationToken,
+}
+
+/// Parts of [`RegistryService`] fixed at start-up.
+pub struct ServiceParts<S> {
+    /// The store.
+    pub store: Arc<S>,
+    /// This replica's view.
+    pub view: Arc<View>,
+    /// This replica's notification subscribers.
+    pub mailboxes: Arc<Mailboxes>,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// TTL rules.
+    pub ttl: TtlPolicy,
+    /// Whether ownership calls must carry the token.
+    pub require_token: bool,
+    /// Server shutdown signal.
+    pub shutdown: CancellationToken,
+}
+
+impl<S: Store> RegistryService<S> {
+    /// Builds the service.
+    pub fn new(parts: ServiceParts<S>) -> Self {
+        Self {
+            store: parts.store,
+            view: parts.view,
+            mailboxes: parts.mailboxes,
+            clock: parts.clock,
+            ttl: parts.ttl,
+            require_token: parts.require_token,
+            shutdown: parts.shutdown,
+        }
+    }
+
+    fn owner(&self, token: Option<Token>) -> Ownership {
+        Ownership {
+            presented: token.map(|t| t.hash()),
+            required: self.require_token,
+        }
+    }
+
+    /// Makes the answer to a write wait until this replica's view shows it.
+    async fn settle(&self, revision: Revision) {
+        if !self.view.wait_applied(revision, READ_YOUR_WRITES_WAIT).await {
+            tracing::warn!(revision, "view did not apply a write in time");
+        }
+    }
+}
+
+fn record_agent_id(id: &impl std::fmt::Display) {
+    tracing::Span::current().record("agent_id", tracing::field::display(id));
+}
+
+#[tonic::async_trait]
+impl<S: Store> ServiceRegistry for RegistryService<S> {
+    #[instrument(skip_all, fields(rpc = "Register", agent_id))]
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let (metadata, _, mut req) = request.into_parts();
+        let registration = convert::registration(&mut req, &self.ttl)?;
+        let agent_id = match req.agent_id.as_str() {
+            "" => None,
+            id => Some(validate::agent_id("agent_id", id)?),
+        };
+        let presented = match (agent_id, convert::presented_token(req.registration_token, &metadata)) {
+            (Some(_), Some(token)) => Some(Token::from_client(token.expose().to_owned())?),
+            _ => None,
+        };
+        let cmd = RegisterCommand {
+            registration,
+            agent_id,
+            presented,
+            require_token: self.require_token,
+            fresh_token: Token::mint()?,
+        };
+        let registered = self.store.register(cmd, self.clock.now()).await?;
+        record_agent_id(&registered.agent.id);
+        self.settle(registered.revision).await;
+        let ttl = registered.agent.ttl_secs;
+        Ok(Response::new(pb::RegisterResponse {
+            agent_id: registered.agent.id.to_string(),
+            registration_token: registered.token.map(|t| t.expose().to_owned()).unwrap_or_default(),
+            registered_at: registered.agent.registered_at,
+            ttl_seconds: i32::try_from(ttl).unwrap_or(i32::MAX),
+            heartbeat_interval_seconds: i32::try_from((ttl / 3).max(1)).unwrap_or(i32::MAX),
+        }))
+    }
+
+    #[instrument(skip_all, fields(rpc = "Heartbeat", agent_id))]
+    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
+        record_agent_id(&agent_id);
+        let telemetry = req.telemetry.map(convert::telemetry).transpose()?;
+        let owner = self.owner(convert::presented_token(req.registration_token, &metadata));
+        let cmd = HeartbeatCommand {
+            agent_id,
+            owner,
+            telemetry,
+        };
+        let done = self.store.heartbeat(cmd, self.clock.now()).await?;
+        self.settle(done.revision).await;
+        Ok(Response::new(pb::HeartbeatResponse {
+            status: done.agent.status as i32,
+            last_seen: done.agent.last_seen(),
+            expires_at: done.agent.expires_at(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(rpc = "Deregister", agent_id))]
+    async fn deregister(&self, request: Request<pb::DeregisterRequest>) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
+        record_agent_id(&agent_id);
+        let owner = self.owner(convert::presented_token(req.registration_token, &metadata));
+        let removed = self.store.deregister(agent_id, owner, self.clock.now()).await?;
+        if let Some(revision) = removed {
+            self.settle(revision).await;
+        }
+        Ok(Response::new(pb::DeregisterResponse {
+            success: removed.is_some(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(rpc = "DiscoverAgents"))]
+    async fn discover_agents(&self, request: Request<pb::DiscoverRequest>) -> Result<Response<pb::DiscoverResponse>, Status> {
+        let query = convert::discover_query(request.into_inner())?;
+        let agents = self.view.discover(&query);
+        Ok(Response::new(pb::DiscoverResponse {
+            agents: agents.iter().map(|a| convert::agent_info(a)).collect(),
+            ranked: query.strategy == crate::domain::query::Strategy::Ranked,
+        }))
+    }
+
+    #[instrument(skip_all, fields(rpc = "GetAgent", agent_id))]
+    async fn get_agent(&self, request: Request<pb::GetAgentRequest>) -> Result<Response<pb::GetAgentResponse>, Status> {
+        let agent_id = validate::agent_id("agent_id", &request.get_ref().agent_id)?;
+        record_agent_id(&agent_id);
+        let agent = self
+            .view
+            .get(agent_id)
+            .ok_or(crate::domain::Error::NotFound(agent_id))?;
+        Ok(Response::new(pb::GetAgentResponse {
+            agent: Some(convert::agent_info(&agent)),
+        }))
+    }
+
+    #[instrument(skip_all, fields(rpc = "ListAgents"))]
+    async fn list_agents(&self, request: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let req = request.into_inner();
+        let filter = convert::filter(req.agent_type, req.filters)?;
+        let page_size = validate::page_size(req.page_size)?;
+        let after = match req.page_token.as_str() {
+            "" => None,
+            token => Some(decode_page_token(token, &filter)?),
+        };
+        let (agents, next) = self.view.list(&filter, after, page_size);
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: agents.iter().map(|a| convert::agent_info(a)).collect(),
+            next_page_token: next.map(|key| encode_page_token(key, &filter)).unwrap_or_default(),
+        }))
+    }
+
+    type WatchAgentsStream = ResponseStream<pb::AgentChangeEvent>;
+
+    #[instrument(skip_all, fields(rpc = "WatchAgents"))]
+    async fn watch_agents(&self, request: Request<pb::WatchAgentsRequest>) -> Result<Response<Self::WatchAgentsStream>, Status> {
+        let mut req = request.into_inner();
+        let selection = convert::watch_selection(&mut req)?;
+        let watch = self.view.watch(selection, req.send_initial_snapshot);
+        let stream = streams::watch(watch, req.send_initial_snapshot, self.clock.clone(), self.shutdown.clone());
+        Ok(Response::new(stream))
+    }
+
+    #[instrument(skip_all, fields(rpc = "NotifyAgent", agent_id))]
+    async fn notify_agent(&self, request: Request<pb::NotifyAgentRequest>) -> Result<Response<pb::NotifyAgentResponse>, Status> {
+        let req = request.into_inner();
+        let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
+        record_agent_id(&agent_id);
+        let cmd = NotifyCommand {
+            agent_id,
+            kind: validate::notification_type(req.notification_type)?,
+            message: validate::message(req.message)?,
+            metadata: validate::metadata("metadata", req.metadata)?,
+        };
+        let notification = self.store.notify(cmd, self.clock.now()).await?;
+        let delivered = self.mailboxes.subscriber_count(agent_id) > 0;
+        Ok(Response::new(pb::NotifyAgentResponse {
+            success: true,
+            error: String::new(),
+            notification_id: notification.id.to_string(),
+            delivered,
+        }))
+    }
+
+    type SubscribeNotificationsStream = ResponseStream<pb::AgentNotification>;
+
+    #[instrument(skip_all, fields(rpc = "SubscribeNotifications", agent_id))]
+    async fn subscribe_notifications(
+        &self,
+        request: Request<pb::SubscribeNotificationsRequest>,
+    ) -> Result<Response<Self::SubscribeNotificationsStream>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
+        record_agent_id(&agent_id);
+        let after = validate::after_notification_id(&req.after_notification_id)?;
+        let owner = self.owner(convert::presented_token(req.registration_token, &metadata));
+        // Subscribe first, then read the backlog: nothing falls in between.
+        let subscription = self.mailboxes.subscribe(agent_id);
+        let backlog = self.store.open_mailbox(agent_id, owner, after).await?;
+        Ok(Response::new(streams::notifications(after.unwrap_or(0), backlog, subscription, self.shutdown.clone())))
+    }
+}

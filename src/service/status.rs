@@ -1,0 +1,94 @@
+//! The one place a registry error becomes a gRPC status (STYLE.md §3): each
+//! variant maps to the code of the same name. Store and internal failures are
+//! logged here, once, with their cause chain; the client gets a short
+//! generic message and never the store's own text.
+
+use tonic::{Code, Status};
+
+use crate::{domain::Error, outbox::StreamEnd};
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        match &error {
+            Error::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
+            Error::NotFound(_) => Status::not_found(error.to_string()),
+            Error::Unauthenticated => Status::unauthenticated(
+                "registration token required (field registration_token or metadata x-registration-token)",
+            ),
+            Error::PermissionDenied => Status::permission_denied(error.to_string()),
+            Error::Unavailable { source } => {
+                tracing::warn!(error = %chain(source.as_ref()), "store unavailable");
+                Status::unavailable("registry store unavailable; retry later")
+            }
+            Error::Internal { source } => {
+                tracing::error!(error = %chain(source.as_ref()), "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+/// How a watch or notification stream ends, as the client sees it.
+pub fn stream_end(end: StreamEnd) -> Status {
+    match end {
+        StreamEnd::Lagged => Status::new(
+            Code::Aborted,
+            "stream fell behind and was ended; watch again with send_initial_snapshot (or resume by id)",
+        ),
+        StreamEnd::FeedReset => Status::new(
+            Code::Aborted,
+            "registry lost its event feed; watch again with send_initial_snapshot (or resume by id)",
+        ),
+        StreamEnd::AgentRemoved => Status::not_found("agent was removed"),
+        StreamEnd::Closed => shutting_down(),
+    }
+}
+
+/// Streams end with this when the server stops.
+pub fn shutting_down() -> Status {
+    Status::unavailable("registry is shutting down")
+}
+
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::AgentId;
+
+    #[test]
+    fn each_variant_maps_to_its_code() {
+        let cases = [
+            (Error::invalid("agent_type", "bad"), Code::InvalidArgument),
+            (Error::NotFound(AgentId::new_v4()), Code::NotFound),
+            (Error::Unauthenticated, Code::Unauthenticated),
+            (Error::PermissionDenied, Code::PermissionDenied),
+            (Error::Unavailable { source: "redis: connection refused".into() }, Code::Unavailable),
+            (Error::Internal { source: "bug".into() }, Code::Internal),
+        ];
+        for (error, code) in cases {
+            assert_eq!(Status::from(error).code(), code);
+        }
+    }
+
+    #[test]
+    fn store_text_never_reaches_the_client() {
+        let status = Status::from(Error::Unavailable { source: "redis: connection refused".into() });
+        assert!(!status.message().contains("redis"));
+    }
+
+    #[test]
+    fn invalid_argument_names_the_field() {
+        let status = Status::from(Error::invalid("ttl_seconds", "must not be negative"));
+        assert!(status.message().starts_with("ttl_seconds"));
+    }
+}

@@ -1,0 +1,89 @@
+//! The two server streams. Watch: snapshot, SYNCED, then live events; ends
+//! with ABORTED when it fell behind or the feed was lost, UNAVAILABLE on
+//! shutdown. Notifications: backlog then live, deduplicated by id; ends with
+//! NOT_FOUND when the agent is removed. Dropping a stream (client cancel)
+//! drops its guard, which unregisters it at once.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{ResponseStream, convert, status};
+use crate::{
+    domain::{Notification, clock::Clock},
+    mailbox::Subscription,
+    pb,
+    view::Watch,
+};
+
+/// The WatchAgents stream of `watch`.
+pub fn watch(
+    watch: Watch,
+    with_snapshot: bool,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> ResponseStream<pb::AgentChangeEvent> {
+    Box::pin(async_stream::stream! {
+        let Watch { snapshot, revision, mut events, guard } = watch;
+        let _guard = guard;
+        if with_snapshot {
+            let now = clock.now();
+            for agent in &snapshot {
+                yield Ok(convert::snapshot_event(agent, now));
+            }
+            yield Ok(convert::synced_event(revision, now));
+        }
+        drop(snapshot);
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Err(status::shutting_down()),
+                event = events.recv() => event.map_err(status::stream_end),
+            };
+            match next {
+                Ok(event) => yield Ok(convert::change_event(&event)),
+                Err(status) => {
+                    yield Err(status);
+                    break;
+                }
+            }
+        }
+    })
+}
+
+/// The SubscribeNotifications stream: `backlog` (what follows id `after`),
+/// then live notifications newer than anything already sent.
+pub fn notifications(
+    after: u64,
+    backlog: Vec<Arc<Notification>>,
+    subscription: Subscription,
+    shutdown: CancellationToken,
+) -> ResponseStream<pb::AgentNotification> {
+    Box::pin(async_stream::stream! {
+        let Subscription { mut inbox, guard } = subscription;
+        let _guard = guard;
+        let mut last = after;
+        for n in backlog {
+            last = n.id;
+            yield Ok(convert::notification(&n));
+        }
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Err(status::shutting_down()),
+                n = inbox.recv() => n.map_err(status::stream_end),
+            };
+            match next {
+                Ok(n) if n.id <= last => continue,
+                Ok(n) => {
+                    last = n.id;
+                    yield Ok(convert::notification(&n));
+                }
+                Err(status) => {
+                    yield Err(status);
+                    break;
+                }
+            }
+        }
+    })
+}

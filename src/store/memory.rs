@@ -1,0 +1,267 @@
+//! The embedded store: all state behind one std `Mutex` (nothing awaits while
+//! holding it), so every mutation is trivially atomic. Changes are published
+//! on a bounded broadcast while the lock is held, so feed order equals
+//! revision order. Everything is lost when the process exits.
+
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use tokio::sync::broadcast;
+
+use super::{
+    BACKLOG_LEN, Feed, FeedMessage, HeartbeatCommand, Heartbeaten, NotifyCommand, Ownership, Reaped,
+    RegisterCommand, Registered, Snapshot, Store,
+};
+use crate::domain::{
+    Agent, AgentId, Change, ChangeKind, Error, Millis, Notification, Result, Revision, TokenHash,
+    token::authorize,
+};
+
+/// Messages the feed buffers per subscriber before it lags (and resyncs).
+const FEED_CAPACITY: usize = 16 * 1024;
+
+/// The in-process store.
+#[derive(Debug)]
+pub struct MemoryStore {
+    /// All records; a std mutex because no critical section awaits.
+    state: Mutex<State>,
+    /// The feed. Sent to while `state` is locked, so order = revision order.
+    feed: broadcast::Sender<FeedMessage>,
+    /// Time an overdue agent stays listed before removal.
+    grace: Duration,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    revision: Revision,
+    records: HashMap<AgentId, Record>,
+    /// `(next transition time, id)` of every agent: the reaper's index.
+    due: BTreeSet<(Millis, AgentId)>,
+}
+
+#[derive(Debug)]
+struct Record {
+    agent: Arc<Agent>,
+    token: TokenHash,
+    /// Id of the last notification issued to this agent.
+    last_notification: u64,
+    backlog: VecDeque<Arc<Notification>>,
+}
+
+impl MemoryStore {
+    /// An empty store whose overdue agents are removed after `grace`.
+    pub fn new(grace: Duration) -> Self {
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        Self {
+            state: Mutex::new(State::default()),
+            feed,
+            grace,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-applied change:
+        // every mutation computes first and writes last.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Assigns the next revision to a change of `agent`, stores the agent and
+    /// publishes the change. Returns the agent as stored and the revision.
+    fn commit(&self, state: &mut State, kind: ChangeKind, mut agent: Agent, now: Millis) -> (Arc<Agent>, Revision) {
+        state.revision += 1;
+        let revision = state.revision;
+        if kind != ChangeKind::Touched {
+            agent.revision = revision;
+        }
+        let agent = Arc::new(agent);
+        if kind.is_removal() {
+            if let Some(old) = state.records.remove(&agent.id) {
+                state.due.remove(&(old.agent.next_due_ms(self.grace), agent.id));
+            }
+        } else if let Some(record) = state.records.get_mut(&agent.id) {
+            state.due.remove(&(record.agent.next_due_ms(self.grace), agent.id));
+            state.due.insert((agent.next_due_ms(self.grace), agent.id));
+            record.agent = agent.clone();
+        }
+        // No receiver is fine: nobody is watching yet.
+        let _ = self.feed.send(FeedMessage::Change(Change {
+            revision,
+            kind,
+            agent: agent.clone(),
+            at: now,
+        }));
+        (agent, revision)
+    }
+
+    fn insert(&self, state: &mut State, agent: Agent, token: TokenHash, now: Millis) -> (Arc<Agent>, Revision) {
+        let id = agent.id;
+        state.due.insert((agent.next_due_ms(self.grace), id));
+        state.records.insert(
+            id,
+            Record {
+                agent: Arc::new(agent.clone()),
+                token,
+                last_notification: 0,
+                backlog: VecDeque::new(),
+            },
+        );
+        self.commit(state, ChangeKind::Registered, agent, now)
+    }
+}
+
+fn find<'a>(state: &'a State, id: AgentId, owner: &Ownership) -> Result<&'a Record> {
+    let record = state.records.get(&id).ok_or(Error::NotFound(id))?;
+    authorize(&record.token, owner.presented.as_ref(), owner.required)?;
+    Ok(record)
+}
+
+impl Store for MemoryStore {
+    async fn register(&self, cmd: RegisterCommand, now: Millis) -> Result<Registered> {
+        let mut state = self.lock();
+        let existing = cmd.agent_id.and_then(|id| state.records.get(&id));
+        if let Some(record) = existing {
+            let presented = cmd.presented.as_ref().map(|t| t.hash());
+            authorize(&record.token, presented.as_ref(), cmd.require_token)?;
+            let agent = record.agent.reregister(cmd.registration, now);
+            let (agent, revision) = self.commit(&mut state, ChangeKind::Updated, agent, now);
+            return Ok(Registered {
+                agent,
+                token: cmd.presented,
+                revision,
+            });
+        }
+        let id = cmd.agent_id.unwrap_or_else(AgentId::new_v4);
+        let token = cmd.presented.unwrap_or(cmd.fresh_token);
+        let agent = Agent::create(id, cmd.registration, now);
+        let (agent, revision) = self.insert(&mut state, agent, token.hash(), now);
+        Ok(Registered {
+            agent,
+            token: Some(token),
+            revision,
+        })
+    }
+
+    async fn heartbeat(&self, cmd: HeartbeatCommand, now: Millis) -> Result<Heartbeaten> {
+        let mut state = self.lock();
+        let record = find(&state, cmd.agent_id, &cmd.owner)?;
+        let (agent, effect) = record.agent.heartbeat(cmd.telemetry, now);
+        let mut kinds = Vec::with_capacity(2);
+        if effect.telemetry_changed {
+            kinds.push(ChangeKind::Updated);
+        }
+        if let Some(previous) = effect.previous_status {
+            kinds.push(ChangeKind::StatusChanged { previous });
+        }
+        if kinds.is_empty() {
+            kinds.push(ChangeKind::Touched);
+        }
+        let mut last = None;
+        for kind in kinds {
+            last = Some(self.commit(&mut state, kind, agent.clone(), now));
+        }
+        let (agent, revision) = last.ok_or_else(|| Error::Internal {
+            source: "heartbeat committed no change".into(),
+        })?;
+        Ok(Heartbeaten { agent, revision })
+    }
+
+    async fn deregister(&self, agent_id: AgentId, owner: Ownership, now: Millis) -> Result<Option<Revision>> {
+        let mut state = self.lock();
+        let agent = match find(&state, agent_id, &owner) {
+            Ok(record) => (*record.agent).clone(),
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(Some(self.commit(&mut state, ChangeKind::Deregistered, agent, now).1))
+    }
+
+    async fn expire_due(&self, now: Millis) -> Result<Reaped> {
+        let mut state = self.lock();
+        let mut reaped = Reaped::default();
+        while let Some(&(due, id)) = state.due.first() {
+            if due > now {
+                break;
+            }
+            let Some(record) = state.records.get(&id) else {
+                state.due.remove(&(due, id));
+                continue;
+            };
+            let agent = record.agent.clone();
+            if agent.overdue {
+                self.commit(&mut state, ChangeKind::Expired, (*agent).clone(), now);
+                reaped.expired += 1;
+                continue;
+            }
+            let (next, previous) = agent.mark_overdue();
+            reaped.overdue += 1;
+            match previous {
+                Some(previous) => {
+                    self.commit(&mut state, ChangeKind::StatusChanged { previous }, next, now);
+                }
+                None => {
+                    // Already UNHEALTHY by its telemetry: nothing for watchers
+                    // to see, but the record now waits for removal.
+                    state.due.remove(&(due, id));
+                    state.due.insert((next.next_due_ms(self.grace), id));
+                    if let Some(record) = state.records.get_mut(&id) {
+                        record.agent = Arc::new(next);
+                    }
+                }
+            }
+        }
+        reaped.next_due = state.due.first().map(|(due, _)| *due);
+        Ok(reaped)
+    }
+
+    async fn notify(&self, cmd: NotifyCommand, now: Millis) -> Result<Arc<Notification>> {
+        let mut state = self.lock();
+        let record = state
+            .records
+            .get_mut(&cmd.agent_id)
+            .ok_or(Error::NotFound(cmd.agent_id))?;
+        record.last_notification += 1;
+        let notification = Arc::new(Notification {
+            id: record.last_notification,
+            agent_id: cmd.agent_id,
+            kind: cmd.kind,
+            message: cmd.message,
+            metadata: cmd.metadata,
+            at: now,
+        });
+        if record.backlog.len() == BACKLOG_LEN {
+            record.backlog.pop_front();
+        }
+        record.backlog.push_back(notification.clone());
+        // No receiver is fine: no replica view is subscribed yet.
+        let _ = self.feed.send(FeedMessage::Notification(notification.clone()));
+        Ok(notification)
+    }
+
+    async fn open_mailbox(&self, agent_id: AgentId, owner: Ownership, after: Option<u64>) -> Result<Vec<Arc<Notification>>> {
+        let state = self.lock();
+        let record = find(&state, agent_id, &owner)?;
+        let after = after.unwrap_or(0);
+        if after > record.last_notification {
+            return Err(Error::invalid(
+                "after_notification_id",
+                "is not a notification id of this agent",
+            ));
+        }
+        Ok(record.backlog.iter().filter(|n| n.id > after).cloned().collect())
+    }
+
+    async fn load(&self) -> Result<Snapshot> {
+        let state = self.lock();
+        Ok(Snapshot {
+            revision: state.revision,
+            agents: state.records.values().map(|r| r.agent.clone()).collect(),
+        })
+    }
+
+    async fn subscribe(&self) -> Result<Feed> {
+        Ok(self.feed.subscribe())
+    }
+}

@@ -1,0 +1,194 @@
+//! The store: the registry's source of truth. Every mutation is one atomic
+//! step that checks, writes, bumps the registry-wide revision and publishes
+//! the change on the feed, so the feed's order is the write order.
+//!
+//! Depends on: domain.
+
+pub mod memory;
+
+use std::{future::Future, sync::Arc};
+
+use tokio::sync::broadcast;
+
+use crate::domain::{
+    Agent, AgentId, Change, Millis, Notification, Result, Revision, Telemetry, Token, TokenHash,
+    agent::Registration,
+};
+
+pub use memory::MemoryStore;
+
+/// Notifications kept per agent.
+pub const BACKLOG_LEN: usize = 100;
+
+/// What a store publishes, in order, to every replica's feed.
+#[derive(Clone, Debug)]
+pub enum FeedMessage {
+    /// A change, with contiguous revisions.
+    Change(Change),
+    /// A notification accepted for an agent (live delivery).
+    Notification(Arc<Notification>),
+    /// The store's feed lost messages (e.g. a dropped subscription): the
+    /// receiver must reload its state.
+    Reset,
+}
+
+/// A replica's subscription to the feed. Lagging (`RecvError::Lagged`) or a
+/// [`FeedMessage::Reset`] means messages were lost: reload and resubscribe.
+pub type Feed = broadcast::Receiver<FeedMessage>;
+
+/// Who is calling on an agent's behalf (BEHAVIOUR.md §3).
+#[derive(Copy, Clone, Debug)]
+pub struct Ownership {
+    /// Hash of the token the caller presented, if any.
+    pub presented: Option<TokenHash>,
+    /// Whether a missing token is refused.
+    pub required: bool,
+}
+
+/// A validated Register call.
+#[derive(Debug)]
+pub struct RegisterCommand {
+    /// What to register.
+    pub registration: Registration,
+    /// Register again under this id (restart, or registry data loss).
+    pub agent_id: Option<AgentId>,
+    /// The token the client sent with `agent_id`, if any.
+    pub presented: Option<Token>,
+    /// Whether re-registering a live id without a token is refused.
+    pub require_token: bool,
+    /// A freshly minted token, used when the agent is created without one.
+    pub fresh_token: Token,
+}
+
+/// What Register did.
+#[derive(Debug)]
+pub struct Registered {
+    /// The agent as stored.
+    pub agent: Arc<Agent>,
+    /// The agent's token in clear; `None` only when a live agent was
+    /// re-registered without presenting it (token not required).
+    pub token: Option<Token>,
+    /// Revision of the change.
+    pub revision: Revision,
+}
+
+/// A validated Heartbeat call.
+#[derive(Copy, Clone, Debug)]
+pub struct HeartbeatCommand {
+    /// Whose heartbeat.
+    pub agent_id: AgentId,
+    /// Proof of ownership.
+    pub owner: Ownership,
+    /// New telemetry, if reported.
+    pub telemetry: Option<Telemetry>,
+}
+
+/// What Heartbeat did.
+#[derive(Debug)]
+pub struct Heartbeaten {
+    /// The agent as stored.
+    pub agent: Arc<Agent>,
+    /// Revision of the last change it made.
+    pub revision: Revision,
+}
+
+/// A validated NotifyAgent call.
+#[derive(Clone, Debug)]
+pub struct NotifyCommand {
+    /// Recipient.
+    pub agent_id: AgentId,
+    /// Type (`INFO` by default).
+    pub kind: String,
+    /// Payload.
+    pub message: String,
+    /// Metadata.
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// What a reaper pass did.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reaped {
+    /// Agents that turned UNHEALTHY.
+    pub overdue: usize,
+    /// Agents removed.
+    pub expired: usize,
+    /// When the next transition is due, if any agent exists.
+    pub next_due: Option<Millis>,
+}
+
+/// Every agent at one revision, to (re)build a view.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// The revision the snapshot reflects.
+    pub revision: Revision,
+    /// Every agent.
+    pub agents: Vec<Arc<Agent>>,
+}
+
+/// The registry's storage. Implementations make each method one atomic step
+/// and publish its changes, in revision order, to [`Store::subscribe`]rs.
+pub trait Store: Send + Sync + 'static {
+    /// Registers (or re-registers) an agent.
+    ///
+    /// # Errors
+    /// `Unauthenticated`/`PermissionDenied` re-registering a live id without
+    /// or with a wrong token; `Unavailable` when the store cannot be reached.
+    fn register(&self, cmd: RegisterCommand, now: Millis) -> impl Future<Output = Result<Registered>> + Send;
+
+    /// Records a heartbeat.
+    ///
+    /// # Errors
+    /// `NotFound`, then the token errors, then `Unavailable`.
+    fn heartbeat(&self, cmd: HeartbeatCommand, now: Millis) -> impl Future<Output = Result<Heartbeaten>> + Send;
+
+    /// Removes an agent; `None` when it did not exist.
+    ///
+    /// # Errors
+    /// Token errors, `Unavailable`.
+    fn deregister(
+        &self,
+        agent_id: AgentId,
+        owner: Ownership,
+        now: Millis,
+    ) -> impl Future<Output = Result<Option<Revision>>> + Send;
+
+    /// Applies every liveness transition due at `now`: overdue agents turn
+    /// UNHEALTHY, those past the removal grace are removed. Safe to call from
+    /// several replicas at once: each transition happens once.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    fn expire_due(&self, now: Millis) -> impl Future<Output = Result<Reaped>> + Send;
+
+    /// Queues a notification in the agent's backlog and publishes it.
+    ///
+    /// # Errors
+    /// `NotFound`, `Unavailable`.
+    fn notify(&self, cmd: NotifyCommand, now: Millis) -> impl Future<Output = Result<Arc<Notification>>> + Send;
+
+    /// Checks that the caller owns the agent and returns its backlog after
+    /// `after` (the whole backlog when `after` is older than it).
+    ///
+    /// # Errors
+    /// `NotFound`, token errors, `InvalidArgument` on `after_notification_id`
+    /// when `after` is not an id of this agent, `Unavailable`.
+    fn open_mailbox(
+        &self,
+        agent_id: AgentId,
+        owner: Ownership,
+        after: Option<u64>,
+    ) -> impl Future<Output = Result<Vec<Arc<Notification>>>> + Send;
+
+    /// Every agent and the revision they reflect.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    fn load(&self) -> impl Future<Output = Result<Snapshot>> + Send;
+
+    /// Subscribes to the feed. Subscribe before [`Store::load`], then skip
+    /// changes at or below the snapshot's revision: nothing is missed.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    fn subscribe(&self) -> impl Future<Output = Result<Feed>> + Send;
+}
