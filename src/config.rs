@@ -151,12 +151,18 @@ impl Config {
     /// A [`ConfigError`] naming the first setting at fault.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         if self.min_ttl == 0 {
-            return Err(ConfigError::new("--min-ttl (MIN_TTL)", "must be at least 1"));
+            return Err(ConfigError::new(
+                "--min-ttl (MIN_TTL)",
+                "must be at least 1",
+            ));
         }
         if self.min_ttl > self.max_ttl {
             return Err(ConfigError::new(
                 "--min-ttl (MIN_TTL)",
-                format!("{} is greater than --max-ttl {}", self.min_ttl, self.max_ttl),
+                format!(
+                    "{} is greater than --max-ttl {}",
+                    self.min_ttl, self.max_ttl
+                ),
             ));
         }
         if self.heartbeat_timeout == 0 {
@@ -303,7 +309,10 @@ mod tests {
 
     #[test]
     fn redis_store_needs_a_url() {
-        let err = parse(&["--store", "redis"]).unwrap().settings().unwrap_err();
+        let err = parse(&["--store", "redis"])
+            .unwrap()
+            .settings()
+            .unwrap_err();
         assert!(err.to_string().starts_with("--store"));
     }
 

@@ -22,7 +22,12 @@ use crate::{
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Runs until `shutdown`: subscribe, load, apply, and start over on any gap.
-pub async fn run<S: Store>(store: Arc<S>, view: Arc<View>, mailboxes: Arc<Mailboxes>, shutdown: CancellationToken) {
+pub async fn run<S: Store>(
+    store: Arc<S>,
+    view: Arc<View>,
+    mailboxes: Arc<Mailboxes>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(50);
     let mut first = true;
     while !shutdown.is_cancelled() {
@@ -67,7 +72,10 @@ async fn sync_once<S: Store>(
         }
     };
     if !first {
-        tracing::warn!(revision = snapshot.revision, "feed resynchronised; open streams ended");
+        tracing::warn!(
+            revision = snapshot.revision,
+            "feed resynchronised; open streams ended"
+        );
         mailboxes.close_all(StreamEnd::FeedReset);
     }
     view.reset(snapshot);
@@ -83,7 +91,11 @@ async fn sync_once<S: Store>(
                     continue;
                 }
                 if change.revision != applied + 1 {
-                    tracing::warn!(expected = applied + 1, got = change.revision, "revision gap on the feed");
+                    tracing::warn!(
+                        expected = applied + 1,
+                        got = change.revision,
+                        "revision gap on the feed"
+                    );
                     return true;
                 }
                 view.apply(&change);

@@ -20,11 +20,14 @@ use crate::{
 /// Notifications a subscriber may have queued before it counts as lagging.
 pub const SUBSCRIBER_QUEUE: usize = 256;
 
+/// Subscriber id → its queue, for one agent.
+type AgentSubscribers = HashMap<u64, Outbox<Arc<Notification>>>;
+
 /// The subscribers of this replica.
 #[derive(Debug, Default)]
 pub struct Mailboxes {
     /// Agent → (subscriber id → queue). Std lock: never held across await.
-    subscribers: Mutex<HashMap<AgentId, HashMap<u64, Outbox<Arc<Notification>>>>>,
+    subscribers: Mutex<HashMap<AgentId, AgentSubscribers>>,
     next_id: AtomicU64,
 }
 
@@ -63,7 +66,7 @@ impl Mailboxes {
         Arc::new(Self::default())
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<AgentId, HashMap<u64, Outbox<Arc<Notification>>>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<AgentId, AgentSubscribers>> {
         self.subscribers.lock().unwrap_or_else(|p| p.into_inner())
     }
 

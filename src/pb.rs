@@ -4,4 +4,5 @@
 tonic::include_proto!("neural_hive.service_registry");
 
 /// Encoded `FileDescriptorSet` of the registry contract, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("service_registry_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("service_registry_descriptor");

@@ -103,11 +103,21 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     })
 }
 
-async fn serve<S: Store>(store: Arc<S>, settings: Settings, listener: TcpListener, shutdown: CancellationToken) {
+async fn serve<S: Store>(
+    store: Arc<S>,
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let view = View::new();
     let mailboxes = Mailboxes::new();
-    let feed_task = tokio::spawn(feed::run(store.clone(), view.clone(), mailboxes.clone(), shutdown.clone()));
+    let feed_task = tokio::spawn(feed::run(
+        store.clone(),
+        view.clone(),
+        mailboxes.clone(),
+        shutdown.clone(),
+    ));
     let reaper_task = tokio::spawn(reaper::run(store.clone(), clock.clone(), shutdown.clone()));
     let service = RegistryService::new(ServiceParts {
         store,
@@ -121,7 +131,10 @@ async fn serve<S: Store>(store: Arc<S>, settings: Settings, listener: TcpListene
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(ServiceRegistryServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned())
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        )
         .await;
     if let Err(error) = result {
         tracing::error!(%error, "gRPC server failed");

@@ -24,7 +24,10 @@ use tokio::sync::watch;
 use crate::{
     domain::{
         Agent, AgentId, Change, ChangeKind, Revision,
-        query::{AgentFilter, DiscoverQuery, ListKey, Strategy, WatchSelection, list_key, order_discovered},
+        query::{
+            AgentFilter, DiscoverQuery, ListKey, Strategy, WatchSelection, list_key,
+            order_discovered,
+        },
     },
     outbox::{self, Inbox, Outbox, StreamEnd},
     store::Snapshot,
@@ -115,7 +118,10 @@ impl Index {
             self.remove(&old);
         }
         for cap in &agent.capabilities {
-            self.by_capability.entry(cap.clone()).or_default().insert(agent.id);
+            self.by_capability
+                .entry(cap.clone())
+                .or_default()
+                .insert(agent.id);
         }
         self.by_list_order.insert(list_key(&agent));
         self.agents.insert(agent.id, agent);
@@ -137,7 +143,10 @@ impl Index {
     }
 
     /// Agents having every capability in `caps`: walks the smallest index set.
-    fn with_capabilities<'a>(&'a self, caps: &'a [String]) -> Box<dyn Iterator<Item = &'a Arc<Agent>> + 'a> {
+    fn with_capabilities<'a>(
+        &'a self,
+        caps: &'a [String],
+    ) -> Box<dyn Iterator<Item = &'a Arc<Agent>> + 'a> {
         if caps.is_empty() {
             return Box::new(self.agents.values());
         }
@@ -148,7 +157,11 @@ impl Index {
                 None => return Box::new(std::iter::empty()),
             }
         }
-        let smallest = sets.iter().min_by_key(|s| s.len()).copied().unwrap_or_else(|| sets[0]);
+        let smallest = sets
+            .iter()
+            .min_by_key(|s| s.len())
+            .copied()
+            .unwrap_or_else(|| sets[0]);
         Box::new(
             smallest
                 .iter()
@@ -280,7 +293,9 @@ impl View {
     ) -> (Vec<Arc<Agent>>, Option<ListKey>) {
         let index = self.read();
         let range = match after {
-            Some(key) => index.by_list_order.range((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded)),
+            Some(key) => index
+                .by_list_order
+                .range((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded)),
             None => index.by_list_order.range(..),
         };
         let mut matching = range
@@ -289,7 +304,11 @@ impl View {
         let limit = limit.unwrap_or(usize::MAX);
         let page: Vec<Arc<Agent>> = matching.by_ref().take(limit).cloned().collect();
         let more = matching.next().is_some();
-        let next = if more { page.last().map(|a| list_key(a)) } else { None };
+        let next = if more {
+            page.last().map(|a| list_key(a))
+        } else {
+            None
+        };
         (page, next)
     }
 
@@ -341,14 +360,18 @@ impl View {
             Vec::new()
         };
         let id = self.next_watcher.fetch_add(1, Ordering::Relaxed);
-        self.watchers_lock().insert(id, Watcher { selection, outbox });
+        self.watchers_lock()
+            .insert(id, Watcher { selection, outbox });
         let revision = index.revision;
         drop(index);
         Watch {
             snapshot,
             revision,
             events,
-            guard: WatchGuard { view: self.clone(), id },
+            guard: WatchGuard {
+                view: self.clone(),
+                id,
+            },
         }
     }
 }

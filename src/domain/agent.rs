@@ -142,7 +142,14 @@ impl Agent {
         Self {
             registered_at: self.registered_at,
             telemetry,
-            ..Self::create(self.id, Registration { telemetry: Some(telemetry), ..reg }, now)
+            ..Self::create(
+                self.id,
+                Registration {
+                    telemetry: Some(telemetry),
+                    ..reg
+                },
+                now,
+            )
         }
     }
 
@@ -283,7 +290,10 @@ pub(crate) mod tests {
     fn overdue_then_heartbeat_revives() {
         let a = Agent::create(AgentId::new_v4(), registration(), 1_000);
         let (o, prev) = a.mark_overdue();
-        assert_eq!((o.status, o.overdue, prev), (Status::Unhealthy, true, Some(Status::Healthy)));
+        assert_eq!(
+            (o.status, o.overdue, prev),
+            (Status::Unhealthy, true, Some(Status::Healthy))
+        );
         let (r, effect) = o.heartbeat(None, 2_000);
         assert_eq!((r.status, r.overdue), (Status::Healthy, false));
         assert_eq!(effect.previous_status, Some(Status::Unhealthy));

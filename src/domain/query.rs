@@ -30,7 +30,10 @@ impl AgentFilter {
     /// Whether `agent` passes every filter.
     pub fn matches(&self, agent: &Agent) -> bool {
         self.agent_type.is_none_or(|t| t == agent.agent_type)
-            && self.namespace.as_ref().is_none_or(|n| *n == agent.namespace)
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|n| *n == agent.namespace)
             && self.cluster.as_ref().is_none_or(|c| *c == agent.cluster)
             && self.version.as_ref().is_none_or(|v| *v == agent.version)
             && self.status.is_none_or(|s| s == agent.status)
@@ -84,7 +87,10 @@ impl WatchSelection {
     /// Whether `agent` is in the selection.
     pub fn matches(&self, agent: &Agent) -> bool {
         self.agent_type.is_none_or(|t| t == agent.agent_type)
-            && self.namespace.as_ref().is_none_or(|n| *n == agent.namespace)
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|n| *n == agent.namespace)
             && agent.has_all(&self.capabilities)
     }
 }
@@ -134,7 +140,11 @@ pub fn score(agent: &Agent) -> f64 {
 pub fn rank_order(a: &Agent, b: &Agent) -> Ordering {
     score(b)
         .total_cmp(&score(a))
-        .then(a.telemetry.avg_duration_ms.cmp(&b.telemetry.avg_duration_ms))
+        .then(
+            a.telemetry
+                .avg_duration_ms
+                .cmp(&b.telemetry.avg_duration_ms),
+        )
         .then(b.last_seen().cmp(&a.last_seen()))
         .then(a.id.cmp(&b.id))
 }
@@ -213,7 +223,8 @@ pub fn order_discovered<T: AsRef<Agent>>(
     match strategy {
         Strategy::Ranked => {
             if candidates.len() > max_results {
-                candidates.select_nth_unstable_by(max_results, |a, b| rank_order(a.as_ref(), b.as_ref()));
+                candidates
+                    .select_nth_unstable_by(max_results, |a, b| rank_order(a.as_ref(), b.as_ref()));
                 candidates.truncate(max_results);
             }
             candidates.sort_by(|a, b| rank_order(a.as_ref(), b.as_ref()));
@@ -266,20 +277,22 @@ mod tests {
         let fast = agent(0.8, 10, 10, 0);
         let slow_recent = agent(0.8, 10, 20, 9_000);
         let slow_old = agent(0.8, 10, 20, 1_000);
-        let mut all = vec![&slow_old, &slow_recent, &fast, &best];
+        let mut all = [&slow_old, &slow_recent, &fast, &best];
         all.sort_by(|a, b| rank_order(a, b));
         let ids: Vec<_> = all.iter().map(|a| a.id).collect();
         assert_eq!(ids, vec![best.id, fast.id, slow_recent.id, slow_old.id]);
         let (a, b) = (agent(0.8, 10, 20, 1_000), agent(0.8, 10, 20, 1_999));
         let expected = a.id.min(b.id);
-        let mut pair = vec![&a, &b];
+        let mut pair = [&a, &b];
         pair.sort_by(|x, y| rank_order(x, y));
         assert_eq!(pair[0].id, expected, "same whole second: id ascending");
     }
 
     #[test]
     fn ranked_keeps_the_best_max_results() {
-        let agents: Vec<Agent> = (0..20).map(|i| agent(f64::from(i) / 20.0, 10, 0, 0)).collect();
+        let agents: Vec<Agent> = (0..20)
+            .map(|i| agent(f64::from(i) / 20.0, 10, 0, 0))
+            .collect();
         let out = order_discovered(agents.iter().collect(), Strategy::Ranked, 3, 0);
         let rates: Vec<f64> = out.iter().map(|a| a.telemetry.success_rate).collect();
         assert_eq!(rates, vec![0.95, 0.9, 0.85]);

@@ -153,8 +153,14 @@ mod tests {
         let t = Token::mint().unwrap().hash();
         let other = Token::mint().unwrap().hash();
         assert!(authorize(&t, Some(&t), true).is_ok());
-        assert!(matches!(authorize(&t, None, true), Err(Error::Unauthenticated)));
+        assert!(matches!(
+            authorize(&t, None, true),
+            Err(Error::Unauthenticated)
+        ));
         assert!(authorize(&t, None, false).is_ok());
-        assert!(matches!(authorize(&t, Some(&other), false), Err(Error::PermissionDenied)));
+        assert!(matches!(
+            authorize(&t, Some(&other), false),
+            Err(Error::PermissionDenied)
+        ));
     }
 }

@@ -55,7 +55,9 @@ pub fn capabilities(given: Vec<String>, required: bool) -> Result<Vec<String>> {
         if cap.is_empty() || cap.len() > MAX_CAPABILITY_BYTES || has_control(&cap) {
             return Err(Error::invalid(
                 "capabilities",
-                format!("each must be 1 to {MAX_CAPABILITY_BYTES} bytes without control characters"),
+                format!(
+                    "each must be 1 to {MAX_CAPABILITY_BYTES} bytes without control characters"
+                ),
             ));
         }
         if !out.contains(&cap) {
@@ -79,9 +81,15 @@ pub fn capabilities(given: Vec<String>, required: bool) -> Result<Vec<String>> {
 ///
 /// # Errors
 /// `InvalidArgument` on `field`.
-pub fn metadata(field: &'static str, given: HashMap<String, String>) -> Result<BTreeMap<String, String>> {
+pub fn metadata(
+    field: &'static str,
+    given: HashMap<String, String>,
+) -> Result<BTreeMap<String, String>> {
     if given.len() > MAX_METADATA_ENTRIES {
-        return Err(Error::invalid(field, format!("at most {MAX_METADATA_ENTRIES} entries")));
+        return Err(Error::invalid(
+            field,
+            format!("at most {MAX_METADATA_ENTRIES} entries"),
+        ));
     }
     for (k, v) in &given {
         if k.is_empty() || k.len() > MAX_METADATA_KEY_BYTES {
@@ -93,7 +101,10 @@ pub fn metadata(field: &'static str, given: HashMap<String, String>) -> Result<B
         if v.len() > MAX_METADATA_VALUE_BYTES {
             return Err(Error::invalid(
                 field,
-                format!("values must be at most {MAX_METADATA_VALUE_BYTES} bytes (key {:?})", truncate(k)),
+                format!(
+                    "values must be at most {MAX_METADATA_VALUE_BYTES} bytes (key {:?})",
+                    truncate(k)
+                ),
             ));
         }
     }
@@ -112,7 +123,11 @@ pub fn label(field: &'static str, given: String, default: &str) -> Result<String
             format!("at most {MAX_LABEL_BYTES} bytes without control characters"),
         ));
     }
-    Ok(if given.is_empty() { default.to_owned() } else { given })
+    Ok(if given.is_empty() {
+        default.to_owned()
+    } else {
+        given
+    })
 }
 
 /// Endpoint: empty, or `host:port` with port 1..=65535, at most 255 bytes.
@@ -123,8 +138,16 @@ pub fn endpoint(given: String) -> Result<String> {
     if given.is_empty() {
         return Ok(given);
     }
-    let bad = || Error::invalid("endpoint", "must be host:port with port 1-65535, at most 255 bytes");
-    if given.len() > MAX_ENDPOINT_BYTES || has_control(&given) || given.contains(char::is_whitespace) {
+    let bad = || {
+        Error::invalid(
+            "endpoint",
+            "must be host:port with port 1-65535, at most 255 bytes",
+        )
+    };
+    if given.len() > MAX_ENDPOINT_BYTES
+        || has_control(&given)
+        || given.contains(char::is_whitespace)
+    {
         return Err(bad());
     }
     let (host, port) = given.rsplit_once(':').ok_or_else(bad)?;
@@ -142,7 +165,10 @@ pub fn endpoint(given: String) -> Result<String> {
 /// `InvalidArgument` on `telemetry.<field>`.
 pub fn telemetry(t: Telemetry) -> Result<Telemetry> {
     if !t.success_rate.is_finite() || !(0.0..=1.0).contains(&t.success_rate) {
-        return Err(Error::invalid("telemetry.success_rate", "must be between 0 and 1"));
+        return Err(Error::invalid(
+            "telemetry.success_rate",
+            "must be between 0 and 1",
+        ));
     }
     for (field, value) in [
         ("telemetry.avg_duration_ms", t.avg_duration_ms),
@@ -223,7 +249,11 @@ pub fn notification_type(given: String) -> Result<String> {
             format!("at most {MAX_NOTIFICATION_TYPE_BYTES} bytes without control characters"),
         ));
     }
-    Ok(if given.is_empty() { "INFO".to_owned() } else { given })
+    Ok(if given.is_empty() {
+        "INFO".to_owned()
+    } else {
+        given
+    })
 }
 
 /// Notification message: at most 64 KiB.
@@ -301,11 +331,27 @@ mod tests {
         let t = Telemetry::default();
         assert!(telemetry(t).is_ok());
         for bad in [
-            Telemetry { success_rate: f64::NAN, ..t },
-            Telemetry { success_rate: 1.1, ..t },
-            Telemetry { success_rate: -0.1, ..t },
-            Telemetry { total_executions: -1, ..t },
-            Telemetry { total_executions: 1, failed_executions: 2, ..t },
+            Telemetry {
+                success_rate: f64::NAN,
+                ..t
+            },
+            Telemetry {
+                success_rate: 1.1,
+                ..t
+            },
+            Telemetry {
+                success_rate: -0.1,
+                ..t
+            },
+            Telemetry {
+                total_executions: -1,
+                ..t
+            },
+            Telemetry {
+                total_executions: 1,
+                failed_executions: 2,
+                ..t
+            },
         ] {
             assert!(telemetry(bad).is_err());
         }

@@ -10,10 +10,10 @@ use tonic::metadata::MetadataMap;
 use crate::{
     config::TtlPolicy,
     domain::{
-        Agent, AgentType, ChangeKind, Error, Notification, Result, Telemetry, Token, to_secs,
+        Agent, AgentType, ChangeKind, Error, Notification, Result, Telemetry, Token,
         agent::Registration,
         query::{AgentFilter, DiscoverQuery, Strategy, WatchSelection},
-        validate,
+        to_secs, validate,
     },
     pb,
     view::WatchEvent,
@@ -37,7 +37,12 @@ pub fn presented_token(field: String, metadata: &MetadataMap) -> Option<Token> {
 
 /// An agent type that must be set (Register).
 pub fn required_agent_type(n: i32) -> Result<AgentType> {
-    AgentType::from_wire(n).ok_or_else(|| Error::invalid("agent_type", format!("{n} is not WORKER, SCOUT, GUARD or ANALYST")))
+    AgentType::from_wire(n).ok_or_else(|| {
+        Error::invalid(
+            "agent_type",
+            format!("{n} is not WORKER, SCOUT, GUARD or ANALYST"),
+        )
+    })
 }
 
 /// An agent type filter: 0 = any.
@@ -105,7 +110,12 @@ pub fn discover_query(req: pb::DiscoverRequest) -> Result<DiscoverQuery> {
         Ok(pb::DiscoveryStrategy::Ranked) => Strategy::Ranked,
         Ok(pb::DiscoveryStrategy::RoundRobin) => Strategy::RoundRobin,
         Ok(pb::DiscoveryStrategy::Random) => Strategy::Random,
-        Err(_) => return Err(Error::invalid("strategy", "must be RANKED, ROUND_ROBIN or RANDOM")),
+        Err(_) => {
+            return Err(Error::invalid(
+                "strategy",
+                "must be RANKED, ROUND_ROBIN or RANDOM",
+            ));
+        }
     };
     Ok(DiscoverQuery {
         capabilities,
@@ -135,7 +145,11 @@ pub fn agent_info(agent: &Agent) -> pb::AgentInfo {
         agent_id: agent.id.to_string(),
         agent_type: agent.agent_type as i32,
         capabilities: agent.capabilities.clone(),
-        metadata: agent.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        metadata: agent
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         telemetry: Some(pb::AgentTelemetry {
             success_rate: agent.telemetry.success_rate,
             avg_duration_ms: agent.telemetry.avg_duration_ms,
@@ -206,7 +220,11 @@ pub fn notification(n: &Notification) -> pb::AgentNotification {
         agent_id: n.agent_id.to_string(),
         notification_type: n.kind.clone(),
         message: n.message.clone(),
-        metadata: n.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        metadata: n
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         timestamp: to_secs(n.at),
     }
 }

@@ -89,7 +89,11 @@ impl<S: Store> RegistryService<S> {
 
     /// Makes the answer to a write wait until this replica's view shows it.
     async fn settle(&self, revision: Revision) {
-        if !self.view.wait_applied(revision, READ_YOUR_WRITES_WAIT).await {
+        if !self
+            .view
+            .wait_applied(revision, READ_YOUR_WRITES_WAIT)
+            .await
+        {
             tracing::warn!(revision, "view did not apply a write in time");
         }
     }
@@ -102,14 +106,20 @@ fn record_agent_id(id: &impl std::fmt::Display) {
 #[tonic::async_trait]
 impl<S: Store> ServiceRegistry for RegistryService<S> {
     #[instrument(skip_all, fields(rpc = "Register", agent_id))]
-    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
         let (metadata, _, mut req) = request.into_parts();
         let registration = convert::registration(&mut req, &self.ttl)?;
         let agent_id = match req.agent_id.as_str() {
             "" => None,
             id => Some(validate::agent_id("agent_id", id)?),
         };
-        let presented = match (agent_id, convert::presented_token(req.registration_token, &metadata)) {
+        let presented = match (
+            agent_id,
+            convert::presented_token(req.registration_token, &metadata),
+        ) {
             (Some(_), Some(token)) => Some(Token::from_client(token.expose().to_owned())?),
             _ => None,
         };
@@ -126,7 +136,10 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         let ttl = registered.agent.ttl_secs;
         Ok(Response::new(pb::RegisterResponse {
             agent_id: registered.agent.id.to_string(),
-            registration_token: registered.token.map(|t| t.expose().to_owned()).unwrap_or_default(),
+            registration_token: registered
+                .token
+                .map(|t| t.expose().to_owned())
+                .unwrap_or_default(),
             registered_at: registered.agent.registered_at,
             ttl_seconds: i32::try_from(ttl).unwrap_or(i32::MAX),
             heartbeat_interval_seconds: i32::try_from((ttl / 3).max(1)).unwrap_or(i32::MAX),
@@ -134,7 +147,10 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
     }
 
     #[instrument(skip_all, fields(rpc = "Heartbeat", agent_id))]
-    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
         let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
         record_agent_id(&agent_id);
@@ -155,12 +171,18 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
     }
 
     #[instrument(skip_all, fields(rpc = "Deregister", agent_id))]
-    async fn deregister(&self, request: Request<pb::DeregisterRequest>) -> Result<Response<pb::DeregisterResponse>, Status> {
+    async fn deregister(
+        &self,
+        request: Request<pb::DeregisterRequest>,
+    ) -> Result<Response<pb::DeregisterResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
         let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
         record_agent_id(&agent_id);
         let owner = self.owner(convert::presented_token(req.registration_token, &metadata));
-        let removed = self.store.deregister(agent_id, owner, self.clock.now()).await?;
+        let removed = self
+            .store
+            .deregister(agent_id, owner, self.clock.now())
+            .await?;
         if let Some(revision) = removed {
             self.settle(revision).await;
         }
@@ -170,7 +192,10 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
     }
 
     #[instrument(skip_all, fields(rpc = "DiscoverAgents"))]
-    async fn discover_agents(&self, request: Request<pb::DiscoverRequest>) -> Result<Response<pb::DiscoverResponse>, Status> {
+    async fn discover_agents(
+        &self,
+        request: Request<pb::DiscoverRequest>,
+    ) -> Result<Response<pb::DiscoverResponse>, Status> {
         let query = convert::discover_query(request.into_inner())?;
         let agents = self.view.discover(&query);
         Ok(Response::new(pb::DiscoverResponse {
@@ -180,7 +205,10 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
     }
 
     #[instrument(skip_all, fields(rpc = "GetAgent", agent_id))]
-    async fn get_agent(&self, request: Request<pb::GetAgentRequest>) -> Result<Response<pb::GetAgentResponse>, Status> {
+    async fn get_agent(
+        &self,
+        request: Request<pb::GetAgentRequest>,
+    ) -> Result<Response<pb::GetAgentResponse>, Status> {
         let agent_id = validate::agent_id("agent_id", &request.get_ref().agent_id)?;
         record_agent_id(&agent_id);
         let agent = self
@@ -193,7 +221,10 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
     }
 
     #[instrument(skip_all, fields(rpc = "ListAgents"))]
-    async fn list_agents(&self, request: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let req = request.into_inner();
         let filter = convert::filter(req.agent_type, req.filters)?;
         let page_size = validate::page_size(req.page_size)?;
@@ -204,23 +235,36 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         let (agents, next) = self.view.list(&filter, after, page_size);
         Ok(Response::new(pb::ListAgentsResponse {
             agents: agents.iter().map(|a| convert::agent_info(a)).collect(),
-            next_page_token: next.map(|key| encode_page_token(key, &filter)).unwrap_or_default(),
+            next_page_token: next
+                .map(|key| encode_page_token(key, &filter))
+                .unwrap_or_default(),
         }))
     }
 
     type WatchAgentsStream = ResponseStream<pb::AgentChangeEvent>;
 
     #[instrument(skip_all, fields(rpc = "WatchAgents"))]
-    async fn watch_agents(&self, request: Request<pb::WatchAgentsRequest>) -> Result<Response<Self::WatchAgentsStream>, Status> {
+    async fn watch_agents(
+        &self,
+        request: Request<pb::WatchAgentsRequest>,
+    ) -> Result<Response<Self::WatchAgentsStream>, Status> {
         let mut req = request.into_inner();
         let selection = convert::watch_selection(&mut req)?;
         let watch = self.view.watch(selection, req.send_initial_snapshot);
-        let stream = streams::watch(watch, req.send_initial_snapshot, self.clock.clone(), self.shutdown.clone());
+        let stream = streams::watch(
+            watch,
+            req.send_initial_snapshot,
+            self.clock.clone(),
+            self.shutdown.clone(),
+        );
         Ok(Response::new(stream))
     }
 
     #[instrument(skip_all, fields(rpc = "NotifyAgent", agent_id))]
-    async fn notify_agent(&self, request: Request<pb::NotifyAgentRequest>) -> Result<Response<pb::NotifyAgentResponse>, Status> {
+    async fn notify_agent(
+        &self,
+        request: Request<pb::NotifyAgentRequest>,
+    ) -> Result<Response<pb::NotifyAgentResponse>, Status> {
         let req = request.into_inner();
         let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
         record_agent_id(&agent_id);
@@ -255,6 +299,11 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         // Subscribe first, then read the backlog: nothing falls in between.
         let subscription = self.mailboxes.subscribe(agent_id);
         let backlog = self.store.open_mailbox(agent_id, owner, after).await?;
-        Ok(Response::new(streams::notifications(after.unwrap_or(0), backlog, subscription, self.shutdown.clone())))
+        Ok(Response::new(streams::notifications(
+            after.unwrap_or(0),
+            backlog,
+            subscription,
+            self.shutdown.clone(),
+        )))
     }
 }

@@ -72,8 +72,18 @@ mod tests {
             (Error::NotFound(AgentId::new_v4()), Code::NotFound),
             (Error::Unauthenticated, Code::Unauthenticated),
             (Error::PermissionDenied, Code::PermissionDenied),
-            (Error::Unavailable { source: "redis: connection refused".into() }, Code::Unavailable),
-            (Error::Internal { source: "bug".into() }, Code::Internal),
+            (
+                Error::Unavailable {
+                    source: "redis: connection refused".into(),
+                },
+                Code::Unavailable,
+            ),
+            (
+                Error::Internal {
+                    source: "bug".into(),
+                },
+                Code::Internal,
+            ),
         ];
         for (error, code) in cases {
             assert_eq!(Status::from(error).code(), code);
@@ -82,7 +92,9 @@ mod tests {
 
     #[test]
     fn store_text_never_reaches_the_client() {
-        let status = Status::from(Error::Unavailable { source: "redis: connection refused".into() });
+        let status = Status::from(Error::Unavailable {
+            source: "redis: connection refused".into(),
+        });
         assert!(!status.message().contains("redis"));
     }
 

@@ -12,8 +12,8 @@ use std::{
 use tokio::sync::broadcast;
 
 use super::{
-    BACKLOG_LEN, Feed, FeedMessage, HeartbeatCommand, Heartbeaten, NotifyCommand, Ownership, Reaped,
-    RegisterCommand, Registered, Snapshot, Store,
+    BACKLOG_LEN, Feed, FeedMessage, HeartbeatCommand, Heartbeaten, NotifyCommand, Ownership,
+    Reaped, RegisterCommand, Registered, Snapshot, Store,
 };
 use crate::domain::{
     Agent, AgentId, Change, ChangeKind, Error, Millis, Notification, Result, Revision, TokenHash,
@@ -65,12 +65,20 @@ impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave a half-applied change:
         // every mutation computes first and writes last.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Assigns the next revision to a change of `agent`, stores the agent and
     /// publishes the change. Returns the agent as stored and the revision.
-    fn commit(&self, state: &mut State, kind: ChangeKind, mut agent: Agent, now: Millis) -> (Arc<Agent>, Revision) {
+    fn commit(
+        &self,
+        state: &mut State,
+        kind: ChangeKind,
+        mut agent: Agent,
+        now: Millis,
+    ) -> (Arc<Agent>, Revision) {
         state.revision += 1;
         let revision = state.revision;
         if kind != ChangeKind::Touched {
@@ -79,10 +87,14 @@ impl MemoryStore {
         let agent = Arc::new(agent);
         if kind.is_removal() {
             if let Some(old) = state.records.remove(&agent.id) {
-                state.due.remove(&(old.agent.next_due_ms(self.grace), agent.id));
+                state
+                    .due
+                    .remove(&(old.agent.next_due_ms(self.grace), agent.id));
             }
         } else if let Some(record) = state.records.get_mut(&agent.id) {
-            state.due.remove(&(record.agent.next_due_ms(self.grace), agent.id));
+            state
+                .due
+                .remove(&(record.agent.next_due_ms(self.grace), agent.id));
             state.due.insert((agent.next_due_ms(self.grace), agent.id));
             record.agent = agent.clone();
         }
@@ -96,7 +108,13 @@ impl MemoryStore {
         (agent, revision)
     }
 
-    fn insert(&self, state: &mut State, agent: Agent, token: TokenHash, now: Millis) -> (Arc<Agent>, Revision) {
+    fn insert(
+        &self,
+        state: &mut State,
+        agent: Agent,
+        token: TokenHash,
+        now: Millis,
+    ) -> (Arc<Agent>, Revision) {
         let id = agent.id;
         state.due.insert((agent.next_due_ms(self.grace), id));
         state.records.insert(
@@ -168,14 +186,22 @@ impl Store for MemoryStore {
         Ok(Heartbeaten { agent, revision })
     }
 
-    async fn deregister(&self, agent_id: AgentId, owner: Ownership, now: Millis) -> Result<Option<Revision>> {
+    async fn deregister(
+        &self,
+        agent_id: AgentId,
+        owner: Ownership,
+        now: Millis,
+    ) -> Result<Option<Revision>> {
         let mut state = self.lock();
         let agent = match find(&state, agent_id, &owner) {
             Ok(record) => (*record.agent).clone(),
             Err(Error::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        Ok(Some(self.commit(&mut state, ChangeKind::Deregistered, agent, now).1))
+        Ok(Some(
+            self.commit(&mut state, ChangeKind::Deregistered, agent, now)
+                .1,
+        ))
     }
 
     async fn expire_due(&self, now: Millis) -> Result<Reaped> {
@@ -199,7 +225,12 @@ impl Store for MemoryStore {
             reaped.overdue += 1;
             match previous {
                 Some(previous) => {
-                    self.commit(&mut state, ChangeKind::StatusChanged { previous }, next, now);
+                    self.commit(
+                        &mut state,
+                        ChangeKind::StatusChanged { previous },
+                        next,
+                        now,
+                    );
                 }
                 None => {
                     // Already UNHEALTHY by its telemetry: nothing for watchers
@@ -236,11 +267,18 @@ impl Store for MemoryStore {
         }
         record.backlog.push_back(notification.clone());
         // No receiver is fine: no replica view is subscribed yet.
-        let _ = self.feed.send(FeedMessage::Notification(notification.clone()));
+        let _ = self
+            .feed
+            .send(FeedMessage::Notification(notification.clone()));
         Ok(notification)
     }
 
-    async fn open_mailbox(&self, agent_id: AgentId, owner: Ownership, after: Option<u64>) -> Result<Vec<Arc<Notification>>> {
+    async fn open_mailbox(
+        &self,
+        agent_id: AgentId,
+        owner: Ownership,
+        after: Option<u64>,
+    ) -> Result<Vec<Arc<Notification>>> {
         let state = self.lock();
         let record = find(&state, agent_id, &owner)?;
         let after = after.unwrap_or(0);
@@ -250,7 +288,12 @@ impl Store for MemoryStore {
                 "is not a notification id of this agent",
             ));
         }
-        Ok(record.backlog.iter().filter(|n| n.id > after).cloned().collect())
+        Ok(record
+            .backlog
+            .iter()
+            .filter(|n| n.id > after)
+            .cloned()
+            .collect())
     }
 
     async fn load(&self) -> Result<Snapshot> {

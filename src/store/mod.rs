@@ -133,13 +133,21 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// `Unauthenticated`/`PermissionDenied` re-registering a live id without
     /// or with a wrong token; `Unavailable` when the store cannot be reached.
-    fn register(&self, cmd: RegisterCommand, now: Millis) -> impl Future<Output = Result<Registered>> + Send;
+    fn register(
+        &self,
+        cmd: RegisterCommand,
+        now: Millis,
+    ) -> impl Future<Output = Result<Registered>> + Send;
 
     /// Records a heartbeat.
     ///
     /// # Errors
     /// `NotFound`, then the token errors, then `Unavailable`.
-    fn heartbeat(&self, cmd: HeartbeatCommand, now: Millis) -> impl Future<Output = Result<Heartbeaten>> + Send;
+    fn heartbeat(
+        &self,
+        cmd: HeartbeatCommand,
+        now: Millis,
+    ) -> impl Future<Output = Result<Heartbeaten>> + Send;
 
     /// Removes an agent; `None` when it did not exist.
     ///
@@ -164,7 +172,11 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// `NotFound`, `Unavailable`.
-    fn notify(&self, cmd: NotifyCommand, now: Millis) -> impl Future<Output = Result<Arc<Notification>>> + Send;
+    fn notify(
+        &self,
+        cmd: NotifyCommand,
+        now: Millis,
+    ) -> impl Future<Output = Result<Arc<Notification>>> + Send;
 
     /// Checks that the caller owns the agent and returns its backlog after
     /// `after` (the whole backlog when `after` is older than it).
