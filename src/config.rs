@@ -11,7 +11,12 @@ use clap::{ArgAction, Parser, ValueEnum, builder::BoolishValueParser};
 /// Every setting of the server: a flag, and an environment variable of the
 /// name fixed by BEHAVIOUR.md §1 (the flag wins).
 #[derive(Parser, Clone)]
-#[command(name = "agent-registry", version, about = "Agent registry gRPC server")]
+#[command(
+    name = "agent-registry",
+    version,
+    about = "Agent registry gRPC server",
+    args_override_self = true
+)]
 pub struct Config {
     /// gRPC bind address.
     #[arg(long, env = "SERVICE_REGISTRY_HOST", default_value = "0.0.0.0")]

@@ -29,14 +29,16 @@ pub async fn run<S: Store>(
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(50);
-    let mut first = true;
     while !shutdown.is_cancelled() {
         let synced = tokio::select! {
             _ = shutdown.cancelled() => return,
-            synced = sync_once(&*store, &view, &mailboxes, &shutdown, first) => synced,
+            synced = sync_once(&*store, &view, &mailboxes, &shutdown) => synced,
         };
+        // Whatever happened, open streams may have missed something: end
+        // them now (clients watch again / resume by id), not at the resync.
+        view.end_watchers(StreamEnd::FeedReset);
+        mailboxes.close_all(StreamEnd::FeedReset);
         if synced {
-            first = false;
             backoff = Duration::from_millis(50);
             continue;
         }
@@ -49,13 +51,13 @@ pub async fn run<S: Store>(
 }
 
 /// One subscription's life. Returns `false` when it could not even start
-/// (the caller backs off), `true` when it ran and then lost continuity.
+/// (the caller backs off), `true` when it ran and then lost continuity (or
+/// the server is stopping).
 async fn sync_once<S: Store>(
     store: &S,
     view: &View,
     mailboxes: &Mailboxes,
     shutdown: &CancellationToken,
-    first: bool,
 ) -> bool {
     let mut feed = match store.subscribe().await {
         Ok(feed) => feed,
@@ -71,13 +73,11 @@ async fn sync_once<S: Store>(
             return false;
         }
     };
-    if !first {
-        tracing::warn!(
-            revision = snapshot.revision,
-            "feed resynchronised; open streams ended"
-        );
-        mailboxes.close_all(StreamEnd::FeedReset);
-    }
+    tracing::info!(
+        revision = snapshot.revision,
+        agents = snapshot.agents.len(),
+        "view loaded from the store"
+    );
     view.reset(snapshot);
     loop {
         let message = tokio::select! {

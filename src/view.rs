@@ -227,13 +227,16 @@ impl View {
         for agent in snapshot.agents {
             index.insert(agent);
         }
-        let mut watchers = self.watchers_lock();
-        for (_, watcher) in watchers.drain() {
-            watcher.outbox.close(StreamEnd::FeedReset);
-        }
-        drop(watchers);
+        self.end_watchers(StreamEnd::FeedReset);
         drop(index);
         self.applied.send_replace(snapshot.revision);
+    }
+
+    /// Ends every watch stream with `reason`.
+    pub fn end_watchers(&self, reason: StreamEnd) {
+        for (_, watcher) in self.watchers_lock().drain() {
+            watcher.outbox.close(reason);
+        }
     }
 
     /// Applies the next change (its revision must follow the last applied

@@ -33,6 +33,9 @@ use crate::{
 /// answering (read-your-writes). The feed normally takes microseconds.
 const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(1);
 
+/// Response metadata set on reads served while the store is unreachable.
+pub const STALE_METADATA_KEY: &str = "x-registry-stale";
+
 /// A server-streaming response.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -85,6 +88,29 @@ impl<S: Store> RegistryService<S> {
             presented: token.map(|t| t.hash()),
             required: self.require_token,
         }
+    }
+
+    /// New streams cannot promise completeness while the store is out of reach.
+    fn refuse_streams_while_unavailable(&self) -> Result<(), Status> {
+        if self.store.is_available() {
+            Ok(())
+        } else {
+            Err(Status::unavailable(
+                "registry store unavailable; retry later",
+            ))
+        }
+    }
+
+    /// Marks a read answered from a view the store could not refresh.
+    fn read_response<T>(&self, message: T) -> Response<T> {
+        let mut response = Response::new(message);
+        if !self.store.is_available() {
+            response.metadata_mut().insert(
+                STALE_METADATA_KEY,
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
+        }
+        response
     }
 
     /// Makes the answer to a write wait until this replica's view shows it.
@@ -198,7 +224,7 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
     ) -> Result<Response<pb::DiscoverResponse>, Status> {
         let query = convert::discover_query(request.into_inner())?;
         let agents = self.view.discover(&query);
-        Ok(Response::new(pb::DiscoverResponse {
+        Ok(self.read_response(pb::DiscoverResponse {
             agents: agents.iter().map(|a| convert::agent_info(a)).collect(),
             ranked: query.strategy == crate::domain::query::Strategy::Ranked,
         }))
@@ -215,7 +241,7 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
             .view
             .get(agent_id)
             .ok_or(crate::domain::Error::NotFound(agent_id))?;
-        Ok(Response::new(pb::GetAgentResponse {
+        Ok(self.read_response(pb::GetAgentResponse {
             agent: Some(convert::agent_info(&agent)),
         }))
     }
@@ -233,7 +259,7 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
             token => Some(decode_page_token(token, &filter)?),
         };
         let (agents, next) = self.view.list(&filter, after, page_size);
-        Ok(Response::new(pb::ListAgentsResponse {
+        Ok(self.read_response(pb::ListAgentsResponse {
             agents: agents.iter().map(|a| convert::agent_info(a)).collect(),
             next_page_token: next
                 .map(|key| encode_page_token(key, &filter))
@@ -250,6 +276,7 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
     ) -> Result<Response<Self::WatchAgentsStream>, Status> {
         let mut req = request.into_inner();
         let selection = convert::watch_selection(&mut req)?;
+        self.refuse_streams_while_unavailable()?;
         let watch = self.view.watch(selection, req.send_initial_snapshot);
         let stream = streams::watch(
             watch,
@@ -274,8 +301,12 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
             message: validate::message(req.message)?,
             metadata: validate::metadata("metadata", req.metadata)?,
         };
-        let notification = self.store.notify(cmd, self.clock.now()).await?;
-        let delivered = self.mailboxes.subscriber_count(agent_id) > 0;
+        let notified = self.store.notify(cmd, self.clock.now()).await?;
+        let notification = notified.notification;
+        let delivered = match notified.receivers {
+            Some(receivers) => receivers > 0,
+            None => self.mailboxes.subscriber_count(agent_id) > 0,
+        };
         Ok(Response::new(pb::NotifyAgentResponse {
             success: true,
             error: String::new(),
@@ -296,13 +327,19 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         record_agent_id(&agent_id);
         let after = validate::after_notification_id(&req.after_notification_id)?;
         let owner = self.owner(convert::presented_token(req.registration_token, &metadata));
+        self.refuse_streams_while_unavailable()?;
         // Subscribe first, then read the backlog: nothing falls in between.
+        let interest = self.store.watch_mailbox(agent_id).await?;
         let subscription = self.mailboxes.subscribe(agent_id);
-        let backlog = self.store.open_mailbox(agent_id, owner, after).await?;
+        let notifications = self.store.open_mailbox(agent_id, owner, after).await?;
+        let backlog = streams::Backlog {
+            after: after.unwrap_or(0),
+            notifications,
+        };
         Ok(Response::new(streams::notifications(
-            after.unwrap_or(0),
             backlog,
             subscription,
+            interest,
             self.shutdown.clone(),
         )))
     }

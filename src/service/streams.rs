@@ -51,19 +51,29 @@ pub fn watch(
     })
 }
 
-/// The SubscribeNotifications stream: `backlog` (what follows id `after`),
-/// then live notifications newer than anything already sent.
-pub fn notifications(
-    after: u64,
-    backlog: Vec<Arc<Notification>>,
+/// What a subscriber is owed before live notifications.
+pub struct Backlog {
+    /// The id the client resumes after (0 = from the start).
+    pub after: u64,
+    /// The queued notifications after it, in order.
+    pub notifications: Vec<Arc<Notification>>,
+}
+
+/// The SubscribeNotifications stream: the backlog, then live notifications
+/// newer than anything already sent. `interest` keeps the store routing the
+/// agent's notifications to this replica while the stream lives.
+pub fn notifications<I: Send + 'static>(
+    backlog: Backlog,
     subscription: Subscription,
+    interest: I,
     shutdown: CancellationToken,
 ) -> ResponseStream<pb::AgentNotification> {
     Box::pin(async_stream::stream! {
+        let _interest = interest;
         let Subscription { mut inbox, guard } = subscription;
         let _guard = guard;
-        let mut last = after;
-        for n in backlog {
+        let mut last = backlog.after;
+        for n in backlog.notifications {
             last = n.id;
             yield Ok(convert::notification(&n));
         }

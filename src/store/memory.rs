@@ -12,8 +12,8 @@ use std::{
 use tokio::sync::broadcast;
 
 use super::{
-    BACKLOG_LEN, Feed, FeedMessage, HeartbeatCommand, Heartbeaten, NotifyCommand, Ownership,
-    Reaped, RegisterCommand, Registered, Snapshot, Store,
+    BACKLOG_LEN, Feed, FeedMessage, HeartbeatCommand, Heartbeaten, Notified, NotifyCommand,
+    Ownership, Reaped, RegisterCommand, Registered, Snapshot, Store,
 };
 use crate::domain::{
     Agent, AgentId, Change, ChangeKind, Error, Millis, Notification, Result, Revision, TokenHash,
@@ -247,7 +247,7 @@ impl Store for MemoryStore {
         Ok(reaped)
     }
 
-    async fn notify(&self, cmd: NotifyCommand, now: Millis) -> Result<Arc<Notification>> {
+    async fn notify(&self, cmd: NotifyCommand, now: Millis) -> Result<Notified> {
         let mut state = self.lock();
         let record = state
             .records
@@ -270,7 +270,21 @@ impl Store for MemoryStore {
         let _ = self
             .feed
             .send(FeedMessage::Notification(notification.clone()));
-        Ok(notification)
+        Ok(Notified {
+            notification,
+            receivers: None,
+        })
+    }
+
+    /// Every notification is on the in-process feed already.
+    type Interest = ();
+
+    async fn watch_mailbox(&self, _agent_id: AgentId) -> Result<()> {
+        Ok(())
+    }
+
+    fn is_available(&self) -> bool {
+        true
     }
 
     async fn open_mailbox(

@@ -105,6 +105,16 @@ pub struct NotifyCommand {
     pub metadata: std::collections::BTreeMap<String, String>,
 }
 
+/// What NotifyAgent did.
+#[derive(Clone, Debug)]
+pub struct Notified {
+    /// The notification as queued (with its id).
+    pub notification: Arc<Notification>,
+    /// How many replicas with a live subscriber of the agent received it,
+    /// when the store can tell (`None`: ask this replica's mailboxes).
+    pub receivers: Option<u64>,
+}
+
 /// What a reaper pass did.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reaped {
@@ -176,7 +186,26 @@ pub trait Store: Send + Sync + 'static {
         &self,
         cmd: NotifyCommand,
         now: Millis,
-    ) -> impl Future<Output = Result<Arc<Notification>>> + Send;
+    ) -> impl Future<Output = Result<Notified>> + Send;
+
+    /// Held while this replica has a live notification subscriber of an
+    /// agent; dropping it lets the store stop routing them here.
+    type Interest: Send + 'static;
+
+    /// Makes the store deliver `agent_id`'s notifications to this replica's
+    /// feed while the returned value lives. Call before
+    /// [`Store::open_mailbox`], so nothing falls between backlog and live.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    fn watch_mailbox(
+        &self,
+        agent_id: AgentId,
+    ) -> impl Future<Output = Result<Self::Interest>> + Send;
+
+    /// Whether the store answered recently and its feed is connected. While
+    /// false, reads are served stale and new streams are refused.
+    fn is_available(&self) -> bool;
 
     /// Checks that the caller owns the agent and returns its backlog after
     /// `after` (the whole backlog when `after` is older than it).
