@@ -34,9 +34,12 @@ pub async fn run<S: Store>(
             _ = shutdown.cancelled() => return,
             synced = sync_once(&*store, &view, &mailboxes, &shutdown) => synced,
         };
+        if shutdown.is_cancelled() {
+            return;
+        }
         // Whatever happened, open streams may have missed something: end
         // them now (clients watch again / resume by id), not at the resync.
-        view.end_watchers(StreamEnd::FeedReset);
+        view.desync();
         mailboxes.close_all(StreamEnd::FeedReset);
         if synced {
             backoff = Duration::from_millis(50);
@@ -62,7 +65,7 @@ async fn sync_once<S: Store>(
     let mut feed = match store.subscribe().await {
         Ok(feed) => feed,
         Err(error) => {
-            tracing::warn!(%error, "cannot subscribe to the store's feed");
+            tracing::debug!(%error, "cannot subscribe to the store's feed yet");
             return false;
         }
     };

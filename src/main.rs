@@ -23,6 +23,10 @@ async fn main() -> ExitCode {
     install_logging(settings.log_format);
     let running = match server::start(settings).await {
         Ok(running) => running,
+        Err(error @ server::StartError::Config { .. }) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
         Err(error) => {
             tracing::error!(%error, "cannot start");
             return ExitCode::FAILURE;

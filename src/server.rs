@@ -2,7 +2,7 @@
 //! replica's view, mailboxes, feed pump and reaper, and serves gRPC until
 //! told to stop. The only file that names a concrete store.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -16,9 +16,12 @@ use crate::{
     pb::service_registry_server::ServiceRegistryServer,
     reaper,
     service::{RegistryService, ServiceParts},
-    store::{MemoryStore, Store},
+    store::{MemoryStore, RedisConfig, RedisStore, Store},
     view::View,
 };
+
+/// How long start-up waits for the view's first load from the store.
+const INITIAL_SYNC_WAIT: Duration = Duration::from_secs(2);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +35,15 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    /// The configured store is not available in this build.
-    #[error("store not supported: {0}")]
-    Store(String),
+    /// A setting is unusable (e.g. a Redis URL that does not parse). The
+    /// message starts with the setting's name; the binary exits 2.
+    #[error("{setting}: {reason}")]
+    Config {
+        /// The flag and environment variable at fault.
+        setting: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// A running server.
@@ -86,15 +95,45 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         source,
     })?;
     let shutdown = CancellationToken::new();
+    let view = View::new();
     let task = match &settings.store {
         StoreSettings::Memory => {
             let store = Arc::new(MemoryStore::new(settings.ttl.removal_grace));
-            tokio::spawn(serve(store, settings.clone(), listener, shutdown.clone()))
+            tokio::spawn(serve(
+                store,
+                view.clone(),
+                settings.clone(),
+                listener,
+                shutdown.clone(),
+                Vec::new(),
+            ))
         }
-        StoreSettings::Redis { .. } => {
-            return Err(StartError::Store("the redis store is not built yet".into()));
+        StoreSettings::Redis { url, prefix } => {
+            let config = RedisConfig {
+                url: url.clone(),
+                prefix: prefix.clone(),
+                removal_grace: settings.ttl.removal_grace,
+            };
+            let store = RedisStore::new(&config).map_err(|e| StartError::Config {
+                setting: "--redis-url (REDIS_URL)",
+                reason: e.to_string(),
+            })?;
+            let pubsub = tokio::spawn(store.run_listener(shutdown.clone()));
+            tokio::spawn(serve(
+                Arc::new(store),
+                view.clone(),
+                settings.clone(),
+                listener,
+                shutdown.clone(),
+                vec![pubsub],
+            ))
         }
     };
+    // Give the view a moment to load, so the first calls see the registry;
+    // a store that is down does not hold the start-up back beyond this.
+    if !view.wait_synced(INITIAL_SYNC_WAIT).await {
+        tracing::warn!("store not reachable yet; serving stale and retrying");
+    }
     tracing::info!(grpc = %grpc_addr, store = ?settings.store, settings = ?settings, "agent registry started");
     Ok(Running {
         grpc_addr,
@@ -103,14 +142,17 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     })
 }
 
+/// Serves until `shutdown`, then waits for the background tasks (`others`
+/// are store-specific ones, already spawned).
 async fn serve<S: Store>(
     store: Arc<S>,
+    view: Arc<View>,
     settings: Settings,
     listener: TcpListener,
     shutdown: CancellationToken,
+    others: Vec<JoinHandle<()>>,
 ) {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let view = View::new();
     let mailboxes = Mailboxes::new();
     let feed_task = tokio::spawn(feed::run(
         store.clone(),
@@ -140,7 +182,7 @@ async fn serve<S: Store>(
         tracing::error!(%error, "gRPC server failed");
     }
     shutdown.cancel();
-    for task in [feed_task, reaper_task] {
+    for task in [feed_task, reaper_task].into_iter().chain(others) {
         if let Err(error) = task.await {
             tracing::error!(%error, "background task failed");
         }

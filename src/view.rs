@@ -88,6 +88,9 @@ pub struct View {
     next_watcher: AtomicU64,
     /// Last applied revision, for read-your-writes waits.
     applied: watch::Sender<Revision>,
+    /// Whether the index follows the store's feed right now (loaded, and
+    /// no gap since). False at start and while the feed is lost.
+    synced: watch::Sender<bool>,
     /// Round-robin position per query fingerprint.
     rotations: Mutex<HashMap<u64, u64>>,
 }
@@ -177,7 +180,9 @@ impl View {
     /// An empty view at revision 0.
     pub fn new() -> Arc<Self> {
         let (applied, _) = watch::channel(0);
+        let (synced, _) = watch::channel(false);
         Arc::new(Self {
+            synced,
             index: RwLock::new(Index::default()),
             watchers: Mutex::new(HashMap::new()),
             next_watcher: AtomicU64::new(1),
@@ -230,6 +235,29 @@ impl View {
         self.end_watchers(StreamEnd::FeedReset);
         drop(index);
         self.applied.send_replace(snapshot.revision);
+        self.synced.send_replace(true);
+    }
+
+    /// The feed lost continuity: the index is stale until the next
+    /// [`View::reset`], and every watcher is ended (it may have missed
+    /// events).
+    pub fn desync(&self) {
+        self.synced.send_replace(false);
+        self.end_watchers(StreamEnd::FeedReset);
+    }
+
+    /// Whether the index follows the store right now.
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// Waits (at most `timeout`) until the index follows the store.
+    pub async fn wait_synced(&self, timeout: Duration) -> bool {
+        let mut rx = self.synced.subscribe();
+        matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|synced| *synced)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Ends every watch stream with `reason`.

@@ -5,17 +5,17 @@
 #[macro_use]
 mod common;
 
-#[path = "behaviour/lifecycle.rs"]
-mod lifecycle;
-#[path = "behaviour/validation.rs"]
-mod validation;
-#[path = "behaviour/tokens.rs"]
-mod tokens;
-#[path = "behaviour/query.rs"]
-mod query;
-#[path = "behaviour/watch.rs"]
-mod watch;
-#[path = "behaviour/notify.rs"]
-mod notify;
 #[path = "behaviour/expiry.rs"]
 mod expiry;
+#[path = "behaviour/lifecycle.rs"]
+mod lifecycle;
+#[path = "behaviour/notify.rs"]
+mod notify;
+#[path = "behaviour/query.rs"]
+mod query;
+#[path = "behaviour/tokens.rs"]
+mod tokens;
+#[path = "behaviour/validation.rs"]
+mod validation;
+#[path = "behaviour/watch.rs"]
+mod watch;

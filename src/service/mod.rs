@@ -92,7 +92,7 @@ impl<S: Store> RegistryService<S> {
 
     /// New streams cannot promise completeness while the store is out of reach.
     fn refuse_streams_while_unavailable(&self) -> Result<(), Status> {
-        if self.store.is_available() {
+        if self.is_current() {
             Ok(())
         } else {
             Err(Status::unavailable(
@@ -104,7 +104,7 @@ impl<S: Store> RegistryService<S> {
     /// Marks a read answered from a view the store could not refresh.
     fn read_response<T>(&self, message: T) -> Response<T> {
         let mut response = Response::new(message);
-        if !self.store.is_available() {
+        if !self.is_current() {
             response.metadata_mut().insert(
                 STALE_METADATA_KEY,
                 tonic::metadata::MetadataValue::from_static("true"),
@@ -113,8 +113,17 @@ impl<S: Store> RegistryService<S> {
         response
     }
 
+    /// Whether this replica's view follows a reachable store.
+    fn is_current(&self) -> bool {
+        self.view.is_synced() && self.store.is_available()
+    }
+
     /// Makes the answer to a write wait until this replica's view shows it.
+    /// Without a feed the view cannot catch up: answer at once.
     async fn settle(&self, revision: Revision) {
+        if !self.is_current() {
+            return;
+        }
         if !self
             .view
             .wait_applied(revision, READ_YOUR_WRITES_WAIT)

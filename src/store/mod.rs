@@ -5,6 +5,7 @@
 //! Depends on: domain.
 
 pub mod memory;
+pub mod redis;
 
 use std::{future::Future, sync::Arc};
 
@@ -15,6 +16,7 @@ use crate::domain::{
     agent::Registration,
 };
 
+pub use self::redis::{RedisConfig, RedisStore};
 pub use memory::MemoryStore;
 
 /// Notifications kept per agent.

@@ -20,6 +20,137 @@ use tonic::transport::Channel;
 pub enum Backend {
     /// The embedded in-memory store.
     Memory,
+    /// A `redis-server` process of the test's own.
+    Redis,
+}
+
+/// A `redis-server` child process on a free loopback port, with no
+/// persistence, in a temporary directory. Killed and reaped on drop; tests
+/// can kill it (SIGKILL) and restart it on the same port.
+pub struct RedisProcess {
+    /// Its TCP port on 127.0.0.1.
+    pub port: u16,
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisProcess {
+    /// Starts a fresh server and waits until it answers PING.
+    pub async fn start() -> Self {
+        let mut redis = Self {
+            port: 0,
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        for _ in 0..10 {
+            redis.port = free_port();
+            if redis.spawn().await {
+                return redis;
+            }
+            redis.kill();
+        }
+        panic!("could not start redis-server on a free port");
+    }
+
+    async fn spawn(&mut self) -> bool {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir.path().to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (make deps)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return false; // exited: port taken
+            }
+            if self.ping().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Whether the server answers PING right now.
+    pub async fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let attempt = async {
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .ok()
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_millis(500), attempt).await,
+            Ok(Some(_))
+        )
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A direct connection, for inspecting keys or injecting faults.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// SIGKILLs the server and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (empty: no persistence).
+    pub async fn restart(&mut self) {
+        self.kill();
+        for _ in 0..50 {
+            if self.spawn().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("could not restart redis-server on port {}", self.port);
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port that was free on 127.0.0.1 a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A registry server running inside the test process.
@@ -28,6 +159,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The backend it runs on.
     pub backend: Backend,
+    /// The Redis it owns (Backend::Redis started with [`TestServer::start`]).
+    pub redis: Option<RedisProcess>,
     running: Option<Running>,
 }
 
@@ -41,6 +174,30 @@ impl TestServer {
     /// Starts a server with extra command-line flags (they override the
     /// defaults above), e.g. `&["--require-token", "false"]`.
     pub async fn start_with(backend: Backend, extra: &[&str]) -> Self {
+        let redis = match backend {
+            Backend::Memory => None,
+            Backend::Redis => Some(RedisProcess::start().await),
+        };
+        let url = redis.as_ref().map(RedisProcess::url);
+        let mut server = Self::launch(backend, url.as_deref(), extra).await;
+        server.redis = redis;
+        server
+    }
+
+    /// A server (a replica) on a Redis the test owns; several replicas on one
+    /// Redis behave as one registry.
+    pub async fn replica(redis: &RedisProcess, extra: &[&str]) -> Self {
+        Self::launch(Backend::Redis, Some(&redis.url()), extra).await
+    }
+
+    async fn launch(backend: Backend, redis_url: Option<&str>, extra: &[&str]) -> Self {
+        if std::env::var_os("TEST_LOG").is_some() {
+            // Debug aid: TEST_LOG=1 cargo nextest run ... shows server logs.
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("agent_registry=debug")
+                .with_test_writer()
+                .try_init();
+        }
         let mut args: Vec<String> = [
             "agent-registry",
             "--host",
@@ -57,17 +214,63 @@ impl TestServer {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        match backend {
-            Backend::Memory => args.extend(["--store".into(), "memory".into()]),
+        match redis_url {
+            None => args.extend(["--store".into(), "memory".into()]),
+            Some(url) => args.extend([
+                "--store".into(),
+                "redis".into(),
+                "--redis-url".into(),
+                url.into(),
+            ]),
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let settings = Config::try_parse_from(&args).unwrap().settings().unwrap();
         let running = server::start(settings).await.unwrap();
-        Self {
+        let server = Self {
             addr: running.grpc_addr(),
             backend,
+            redis: None,
             running: Some(running),
+        };
+        if redis_url.is_some() {
+            server.wait_ready().await;
         }
+        server
+    }
+
+    /// Waits until the server's view is loaded from the store (Redis
+    /// connects asynchronously): a snapshot watch answers SYNCED.
+    pub async fn wait_ready(&self) {
+        let endpoint = self.endpoint();
+        wait_until(Duration::from_secs(10), "server ready", || {
+            let endpoint = endpoint.clone();
+            async move {
+                let Ok(mut client) = ServiceRegistryClient::connect(endpoint).await else {
+                    return false;
+                };
+                let request = pb::WatchAgentsRequest {
+                    send_initial_snapshot: true,
+                    ..Default::default()
+                };
+                let Ok(response) = client.watch_agents(request).await else {
+                    return false;
+                };
+                let mut stream = response.into_inner();
+                for _ in 0..100_000 {
+                    match tokio::time::timeout(Duration::from_secs(2), stream.message()).await {
+                        Ok(Ok(Some(e)))
+                            if e.event_type == pb::agent_change_event::EventType::Synced as i32 =>
+                        {
+                            return true;
+                        }
+                        Ok(Ok(Some(_))) => continue,
+                        _ => return false,
+                    }
+                }
+                false
+            }
+        })
+        .await;
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -77,10 +280,13 @@ impl TestServer {
 
     /// A fresh client connection to this server.
     pub async fn client(&self) -> ServiceRegistryClient<Channel> {
-        ServiceRegistryClient::connect(self.endpoint()).await.unwrap()
+        ServiceRegistryClient::connect(self.endpoint())
+            .await
+            .unwrap()
     }
 
-    /// Stops the server gracefully and waits for it.
+    /// Stops the server gracefully and waits for it (its own Redis, if
+    /// any, is killed when dropped).
     pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {
             running.shutdown().await;
@@ -139,6 +345,14 @@ macro_rules! behaviour_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::common::Backend::Memory).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Redis).await
                 }
             )*
         }

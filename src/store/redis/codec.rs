@@ -1,0 +1,235 @@
+//! How agents, telemetry and notifications are written into Redis and read
+//! back from the messages the scripts return and publish.
+//!
+//! Scripts never parse what the registry encodes: the registration and a
+//! notification's payload are protobuf blobs, telemetry is canonical text
+//! compared byte for byte, and every message a script produces is a
+//! msgpack array of strings (see `lua/common.lua`).
+
+use std::sync::Arc;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use prost::Message;
+
+use crate::{
+    domain::{
+        Agent, AgentId, AgentType, Change, ChangeKind, Error, Notification, Result, Status,
+        Telemetry, TokenHash, agent::Registration,
+    },
+    pb,
+};
+
+fn corrupt(what: impl Into<String>) -> Error {
+    Error::Internal {
+        source: format!("corrupt registry data in Redis: {}", what.into()).into(),
+    }
+}
+
+/// The registration part of a record (`reg`).
+pub fn encode_registration(reg: &Registration) -> Vec<u8> {
+    pb::AgentInfo {
+        agent_type: reg.agent_type as i32,
+        capabilities: reg.capabilities.clone(),
+        metadata: reg
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        namespace: reg.namespace.clone(),
+        cluster: reg.cluster.clone(),
+        version: reg.version.clone(),
+        endpoint: reg.endpoint.clone(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Telemetry as canonical text (`tel`): equal telemetry, equal bytes, so a
+/// script can tell whether a heartbeat changed it.
+pub fn encode_telemetry(t: &Telemetry) -> String {
+    // -0.0 == 0.0 but has other bits: normalise.
+    let rate = if t.success_rate == 0.0 {
+        0.0
+    } else {
+        t.success_rate
+    };
+    format!(
+        "{:016x}:{}:{}:{}:{}",
+        rate.to_bits(),
+        t.avg_duration_ms,
+        t.total_executions,
+        t.failed_executions,
+        t.last_execution_at
+    )
+}
+
+fn decode_telemetry(text: &[u8]) -> Result<Telemetry> {
+    let text = std::str::from_utf8(text).map_err(|_| corrupt("telemetry"))?;
+    let mut parts = text.split(':');
+    let mut next = || parts.next().ok_or_else(|| corrupt("telemetry"));
+    let rate = u64::from_str_radix(next()?, 16).map_err(|_| corrupt("telemetry"))?;
+    let mut int = || -> Result<i64> { next()?.parse().map_err(|_| corrupt("telemetry")) };
+    Ok(Telemetry {
+        success_rate: f64::from_bits(rate),
+        avg_duration_ms: int()?,
+        total_executions: int()?,
+        failed_executions: int()?,
+        last_execution_at: int()?,
+    })
+}
+
+/// A token hash as stored (`tok`).
+pub fn encode_token(hash: &TokenHash) -> String {
+    URL_SAFE_NO_PAD.encode(hash.as_bytes())
+}
+
+/// A notification's payload (type, message, metadata).
+pub fn encode_notification_payload(
+    kind: &str,
+    message: &str,
+    metadata: &std::collections::BTreeMap<String, String>,
+) -> Vec<u8> {
+    pb::AgentNotification {
+        notification_type: kind.to_owned(),
+        message: message.to_owned(),
+        metadata: metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// The string fields of a msgpack array produced by a script.
+fn fields(bytes: &[u8], expected: usize) -> Result<Vec<Vec<u8>>> {
+    let value =
+        rmpv::decode::read_value(&mut &bytes[..]).map_err(|e| corrupt(format!("message: {e}")))?;
+    let rmpv::Value::Array(items) = value else {
+        return Err(corrupt("message is not an array"));
+    };
+    if items.len() != expected {
+        return Err(corrupt(format!(
+            "message has {} fields, not {expected}",
+            items.len()
+        )));
+    }
+    items
+        .into_iter()
+        .map(|item| match item {
+            rmpv::Value::String(s) => Ok(s.into_bytes()),
+            rmpv::Value::Binary(b) => Ok(b),
+            rmpv::Value::Integer(i) => Ok(i.to_string().into_bytes()),
+            other => Err(corrupt(format!("unexpected field {other}"))),
+        })
+        .collect()
+}
+
+fn number<T: std::str::FromStr>(bytes: &[u8], what: &str) -> Result<T> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| corrupt(what.to_owned()))
+}
+
+fn status(bytes: &[u8]) -> Result<Status> {
+    Status::from_wire(number(bytes, "status")?).ok_or_else(|| corrupt("status"))
+}
+
+/// A change message (also a snapshot record, whose kind is `SNAPSHOT`):
+/// `[rev, kind, prev, at, id, reg, tel, st, od, ls, ttl, ra, agent_rev]`.
+/// Returns the change and whether it was a snapshot record.
+pub fn decode_change(bytes: &[u8]) -> Result<(Change, bool)> {
+    let f = fields(bytes, 13)?;
+    let kind = match f[1].as_slice() {
+        b"REGISTERED" => ChangeKind::Registered,
+        b"UPDATED" => ChangeKind::Updated,
+        b"STATUS_CHANGED" => ChangeKind::StatusChanged {
+            previous: status(&f[2])?,
+        },
+        b"DEREGISTERED" => ChangeKind::Deregistered,
+        b"EXPIRED" => ChangeKind::Expired,
+        b"TOUCHED" | b"SNAPSHOT" => ChangeKind::Touched,
+        _ => return Err(corrupt("change kind")),
+    };
+    let reg = pb::AgentInfo::decode(f[5].as_slice()).map_err(|_| corrupt("registration"))?;
+    let id: AgentId = std::str::from_utf8(&f[4])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| corrupt("agent id"))?;
+    let agent = Agent {
+        id,
+        agent_type: AgentType::from_wire(reg.agent_type).ok_or_else(|| corrupt("agent type"))?,
+        capabilities: reg.capabilities,
+        metadata: reg.metadata.into_iter().collect(),
+        telemetry: decode_telemetry(&f[6])?,
+        status: status(&f[7])?,
+        overdue: f[8].as_slice() == b"1",
+        registered_at: number(&f[11], "registered_at")?,
+        last_seen_ms: number(&f[9], "last_seen")?,
+        ttl_secs: number(&f[10], "ttl")?,
+        namespace: reg.namespace,
+        cluster: reg.cluster,
+        version: reg.version,
+        endpoint: reg.endpoint,
+        revision: number(&f[12], "agent revision")?,
+    };
+    let change = Change {
+        revision: number(&f[0], "revision")?,
+        kind,
+        agent: Arc::new(agent),
+        at: number(&f[3], "timestamp")?,
+    };
+    Ok((change, f[1].as_slice() == b"SNAPSHOT"))
+}
+
+/// A notification message: `[nid, agent_id, at, payload]`.
+pub fn decode_notification(bytes: &[u8]) -> Result<Notification> {
+    let f = fields(bytes, 4)?;
+    let payload =
+        pb::AgentNotification::decode(f[3].as_slice()).map_err(|_| corrupt("notification"))?;
+    Ok(Notification {
+        id: number(&f[0], "notification id")?,
+        agent_id: std::str::from_utf8(&f[1])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| corrupt("notification agent id"))?,
+        kind: payload.notification_type,
+        message: payload.message,
+        metadata: payload.metadata.into_iter().collect(),
+        at: number(&f[2], "notification time")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn telemetry_text_round_trips_and_is_canonical() {
+        let t = Telemetry {
+            success_rate: 0.123_456_789_012_345_68,
+            avg_duration_ms: 12,
+            total_executions: 100,
+            failed_executions: 3,
+            last_execution_at: 1_700_000_000,
+        };
+        assert_eq!(
+            decode_telemetry(encode_telemetry(&t).as_bytes()).unwrap(),
+            t
+        );
+        let zero = Telemetry::default();
+        let negative_zero = Telemetry {
+            success_rate: -0.0,
+            ..zero
+        };
+        assert_eq!(encode_telemetry(&zero), encode_telemetry(&negative_zero));
+    }
+
+    #[test]
+    fn corrupt_messages_are_errors_not_panics() {
+        assert!(decode_change(b"").is_err());
+        assert!(decode_change(&[0x93, 0xa1, b'1', 0xa1, b'2', 0xa1, b'3']).is_err());
+        assert!(decode_notification(b"\xff\xff").is_err());
+    }
+}

@@ -1,0 +1,310 @@
+//! The replica's only pub/sub connection. It subscribes to the changes
+//! channel (and to the mailbox channel of each agent with a live subscriber
+//! here), decodes what arrives onto the in-process feed, and reconnects
+//! with backoff when the connection drops or stops answering pings. Every
+//! reconnection is announced with [`FeedMessage::Reset`], so the feed pump
+//! resynchronises instead of missing what was published meanwhile.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use redis::aio::PubSubSink;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{codec, keys::Keys};
+use crate::{
+    domain::{AgentId, Error, Result},
+    store::FeedMessage,
+};
+
+/// How long connecting or (un)subscribing may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often an idle connection is pinged, to notice a dead peer.
+const PING_EVERY: Duration = Duration::from_millis(500);
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Mailbox channels waiting to be unsubscribed; beyond it they stay
+/// subscribed until the next reconnection (harmless).
+const RELEASE_QUEUE: usize = 1024;
+
+/// The pub/sub side of the Redis store.
+#[derive(Debug)]
+pub struct Listener {
+    client: redis::Client,
+    keys: Keys,
+    /// The in-process feed every consumer of this replica subscribes to.
+    feed: broadcast::Sender<FeedMessage>,
+    /// Subscribed to the changes channel and answering pings.
+    connected: AtomicBool,
+    /// The live connection's command half and its mailbox subscriptions.
+    /// An async lock: (un)subscribing awaits Redis while holding it, which
+    /// keeps subscribe/unsubscribe of one channel in order.
+    sink: tokio::sync::Mutex<SinkState>,
+    /// Live subscribers per agent on this replica. Std lock, never held
+    /// across an await.
+    interests: Mutex<HashMap<AgentId, usize>>,
+    /// Agents whose last subscriber left, for the listener to unsubscribe.
+    release: mpsc::Sender<AgentId>,
+    release_rx: Mutex<Option<mpsc::Receiver<AgentId>>>,
+}
+
+#[derive(Debug, Default)]
+struct SinkState {
+    sink: Option<PubSubSink>,
+    subscribed: HashSet<AgentId>,
+}
+
+/// Keeps an agent's mailbox channel subscribed while alive.
+#[derive(Debug)]
+pub struct MailboxInterest {
+    listener: Arc<Listener>,
+    agent_id: AgentId,
+}
+
+impl Drop for MailboxInterest {
+    fn drop(&mut self) {
+        let mut interests = self.listener.lock_interests();
+        let last = match interests.get_mut(&self.agent_id) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            _ => {
+                interests.remove(&self.agent_id);
+                true
+            }
+        };
+        drop(interests);
+        if last {
+            // A full queue only leaves the channel subscribed for longer.
+            let _ = self.listener.release.try_send(self.agent_id);
+        }
+    }
+}
+
+fn unavailable(what: &str) -> Error {
+    Error::Unavailable {
+        source: what.to_owned().into(),
+    }
+}
+
+impl Listener {
+    /// A listener for `client`; nothing connects until [`Listener::run`].
+    pub fn new(
+        client: redis::Client,
+        keys: Keys,
+        feed: broadcast::Sender<FeedMessage>,
+    ) -> Arc<Self> {
+        let (release, release_rx) = mpsc::channel(RELEASE_QUEUE);
+        Arc::new(Self {
+            client,
+            keys,
+            feed,
+            connected: AtomicBool::new(false),
+            sink: tokio::sync::Mutex::new(SinkState::default()),
+            interests: Mutex::new(HashMap::new()),
+            release,
+            release_rx: Mutex::new(Some(release_rx)),
+        })
+    }
+
+    fn lock_interests(&self) -> std::sync::MutexGuard<'_, HashMap<AgentId, usize>> {
+        self.interests.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the changes channel is subscribed right now.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Routes `agent_id`'s notifications to this replica's feed while the
+    /// returned interest lives.
+    ///
+    /// # Errors
+    /// `Unavailable` when the connection is down or does not answer.
+    pub async fn watch_mailbox(self: &Arc<Self>, agent_id: AgentId) -> Result<MailboxInterest> {
+        *self.lock_interests().entry(agent_id).or_insert(0) += 1;
+        let interest = MailboxInterest {
+            listener: self.clone(),
+            agent_id,
+        };
+        let subscribe = async {
+            let mut state = self.sink.lock().await;
+            if state.subscribed.contains(&agent_id) {
+                return Ok(());
+            }
+            let mut sink = state
+                .sink
+                .clone()
+                .ok_or_else(|| unavailable("pub/sub connection down"))?;
+            sink.subscribe(self.keys.mailbox_channel(agent_id))
+                .await
+                .map_err(|e| Error::Unavailable {
+                    source: Box::new(e),
+                })?;
+            state.subscribed.insert(agent_id);
+            Ok(())
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, subscribe).await {
+            Ok(Ok(())) => Ok(interest),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(unavailable("subscribing timed out")),
+        }
+    }
+
+    async fn release(&self, agent_id: AgentId) {
+        let mut state = self.sink.lock().await;
+        if self.lock_interests().contains_key(&agent_id) || !state.subscribed.contains(&agent_id) {
+            return;
+        }
+        state.subscribed.remove(&agent_id);
+        if let Some(mut sink) = state.sink.clone() {
+            let channel = self.keys.mailbox_channel(agent_id);
+            if tokio::time::timeout(CONNECT_TIMEOUT, sink.unsubscribe(channel))
+                .await
+                .is_err()
+            {
+                tracing::debug!(%agent_id, "unsubscribing a mailbox channel timed out");
+            }
+        }
+    }
+
+    /// Runs until `shutdown`: connect, subscribe, forward, reconnect.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let taken = self
+            .release_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(mut release_rx) = taken else {
+            tracing::error!("pub/sub listener started twice");
+            return;
+        };
+        let mut backoff = Duration::from_millis(50);
+        let mut was_connected = false;
+        while !shutdown.is_cancelled() {
+            match self.connect().await {
+                Ok((sink, stream)) => {
+                    backoff = Duration::from_millis(50);
+                    if !was_connected {
+                        tracing::info!("Redis pub/sub connected");
+                    }
+                    self.forward(sink, stream, &mut release_rx, &shutdown).await;
+                    if !shutdown.is_cancelled() {
+                        tracing::warn!("Redis pub/sub connection lost; reconnecting");
+                    }
+                    was_connected = false;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "Redis pub/sub unreachable; retrying");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn connect(&self) -> Result<(PubSubSink, redis::aio::PubSubStream)> {
+        let connect = async {
+            let pubsub = self.client.get_async_pubsub().await?;
+            let (mut sink, stream) = pubsub.split();
+            sink.subscribe(self.keys.changes_channel()).await?;
+            Ok::<_, redis::RedisError>((sink, stream))
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(pair)) => Ok(pair),
+            Ok(Err(e)) => Err(Error::Unavailable {
+                source: Box::new(e),
+            }),
+            Err(_) => Err(unavailable("connecting timed out")),
+        }
+    }
+
+    /// Forwards messages until the connection fails or `shutdown`.
+    async fn forward(
+        &self,
+        sink: PubSubSink,
+        mut stream: redis::aio::PubSubStream,
+        release_rx: &mut mpsc::Receiver<AgentId>,
+        shutdown: &CancellationToken,
+    ) {
+        {
+            let mut state = self.sink.lock().await;
+            state.sink = Some(sink.clone());
+            state.subscribed.clear();
+        }
+        self.connected.store(true, Ordering::Release);
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                message = stream.next() => match message {
+                    Some(message) => {
+                        if !self.dispatch(&message) {
+                            break;
+                        }
+                    }
+                    None => {
+                        tracing::debug!("Redis pub/sub connection closed");
+                        break;
+                    }
+                },
+                Some(agent_id) = release_rx.recv() => self.release(agent_id).await,
+                _ = ping.tick() => {
+                    let mut sink = sink.clone();
+                    let pong = tokio::time::timeout(CONNECT_TIMEOUT, sink.ping::<redis::Value>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        tracing::debug!("Redis pub/sub connection stopped answering");
+                        break;
+                    }
+                }
+            }
+        }
+        self.connected.store(false, Ordering::Release);
+        {
+            let mut state = self.sink.lock().await;
+            state.sink = None;
+            state.subscribed.clear();
+        }
+        // Whatever was published from now on may be missed: resync.
+        let _ = self.feed.send(FeedMessage::Reset);
+    }
+
+    /// Puts one pub/sub message on the feed. Returns false when it cannot be
+    /// decoded: the caller reconnects (and consumers resync) rather than
+    /// silently skipping it.
+    fn dispatch(&self, message: &redis::Msg) -> bool {
+        let channel = message.get_channel_name();
+        let payload = message.get_payload_bytes();
+        let decoded = if channel == self.keys.changes_channel() {
+            codec::decode_change(payload).map(|(change, _)| FeedMessage::Change(change))
+        } else if channel.starts_with(&self.keys.mailbox_channel_prefix()) {
+            codec::decode_notification(payload).map(|n| FeedMessage::Notification(Arc::new(n)))
+        } else {
+            return true;
+        };
+        match decoded {
+            Ok(message) => {
+                // No receiver: the feed pump is between subscriptions.
+                let _ = self.feed.send(message);
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, channel, "undecodable pub/sub message");
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,51 @@
+-- Shared by every mutation script (prepended by scripts.rs).
+--
+-- An agent record is a hash:
+--   reg  registration blob (encoded by the registry, opaque here)
+--   tel  telemetry blob (canonical text, opaque here)
+--   tst  status its telemetry gives (1 HEALTHY, 2 UNHEALTHY, 3 DEGRADED)
+--   st   current status          od   1 while overdue (awaiting removal)
+--   ls   last seen (ms)          ttl  heartbeat timeout (s)
+--   ra   registered at (s)       rev  revision of its last visible change
+--   tok  token hash              nid  last notification id
+--
+-- The deadline zset stores "deadline - shift": `shift` (the SHIFT key) grows
+-- by D when heartbeats could not be recorded for D ms, which moves every
+-- deadline back at once (outage fencing) without touching each member.
+
+local function int(x)
+  return string.format('%d', x)
+end
+
+local function shift_of(shift_key)
+  return tonumber(redis.call('GET', shift_key) or '0')
+end
+
+-- Token check (BEHAVIOUR.md section 3): '' = none presented.
+local function authorize(key, presented, required)
+  if presented == '' then
+    if required == '1' then
+      return 'UNAUTHENTICATED'
+    end
+    return nil
+  end
+  if redis.call('HGET', key, 'tok') ~= presented then
+    return 'PERMISSION_DENIED'
+  end
+  return nil
+end
+
+-- Records a change of the agent at `key`: takes the next revision, stamps it
+-- on the record unless the change is a keep-alive, publishes the change and
+-- returns the published message.
+local function emit(rev_key, channel, key, id, kind, prev, now)
+  local rev = redis.call('INCR', rev_key)
+  if kind ~= 'TOUCHED' then
+    redis.call('HSET', key, 'rev', rev)
+  end
+  local f = redis.call('HMGET', key, 'reg', 'tel', 'st', 'od', 'ls', 'ttl', 'ra', 'rev')
+  local msg = cmsgpack.pack({ int(rev), kind, prev, int(now), id,
+    f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8] })
+  redis.call('PUBLISH', channel, msg)
+  return msg
+end

@@ -1,0 +1,15 @@
+-- Every agent at one revision, for a replica (re)building its view.
+-- KEYS: 1 rev, 2 agents set
+-- ARGV: 1 agent key prefix
+-- Returns {revision, record message...} (records packed as changes of kind
+-- SNAPSHOT).
+local rev = redis.call('GET', KEYS[1]) or '0'
+local out = { rev }
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local f = redis.call('HMGET', ARGV[1] .. id, 'reg', 'tel', 'st', 'od', 'ls', 'ttl', 'ra', 'rev')
+  if f[1] then
+    table.insert(out, cmsgpack.pack({ rev, 'SNAPSHOT', '0', '0', id,
+      f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8] }))
+  end
+end
+return out

@@ -1,0 +1,518 @@
+//! The Redis store: the registry's state shared by every replica.
+//!
+//! Every mutation is ONE round trip: a Lua script that checks, writes, bumps
+//! the revision, updates the deadline zset and publishes the change, all in
+//! one atomic step ([`scripts`]). Commands go through a `deadpool-redis`
+//! pool with bounded waits, and each call is cut off after
+//! [`COMMAND_TIMEOUT`], so a dead or stalled Redis yields `Unavailable`
+//! quickly instead of a hang. The one pub/sub connection per replica lives
+//! in [`listener`].
+//!
+//! Depends on: domain, store (trait), redis, deadpool-redis.
+
+mod codec;
+pub mod keys;
+mod listener;
+mod scripts;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use redis::Value;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use self::{keys::Keys, listener::Listener, scripts::Scripts};
+use super::{
+    BACKLOG_LEN, Feed, FeedMessage, HeartbeatCommand, Heartbeaten, Notified, NotifyCommand,
+    Ownership, Reaped, RegisterCommand, Registered, Snapshot, Store,
+};
+use crate::domain::{
+    Agent, AgentId, ChangeKind, Error, Millis, Notification, Result, Revision, Telemetry,
+};
+
+pub use listener::MailboxInterest;
+
+/// Longest a store call may take, pool wait included: writes fail with
+/// `Unavailable` well within the 2 s the contract allows.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long a caller may wait for a pooled connection.
+const POOL_WAIT: Duration = Duration::from_millis(500);
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Connections in the pool.
+const POOL_SIZE: usize = 32;
+/// Messages the in-process feed buffers per consumer before it lags.
+const FEED_CAPACITY: usize = 16 * 1024;
+/// Transitions one reaper pass applies at most (more: the next pass follows).
+const REAP_BATCH: usize = 1000;
+/// A silence of the reapers longer than this means heartbeats could not be
+/// recorded: deadlines move back by its length (outage fencing). Reapers run
+/// every 250 ms, so this is four missed passes.
+const FENCING_THRESHOLD_MS: i64 = 1000;
+/// Redis expiry of a record beyond its removal time: the safety net that
+/// drops records when no replica runs for this long.
+const SAFETY_NET_MS: i64 = 24 * 3600 * 1000;
+
+/// Settings of the Redis store.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` URL.
+    pub url: String,
+    /// Key prefix (inside the hash tag).
+    pub prefix: String,
+    /// How long an overdue agent stays listed.
+    pub removal_grace: Duration,
+}
+
+/// The Redis-backed store.
+#[derive(Debug)]
+pub struct RedisStore {
+    pool: Pool,
+    keys: Keys,
+    scripts: Scripts,
+    listener: Arc<Listener>,
+    feed: broadcast::Sender<FeedMessage>,
+    grace_ms: i64,
+    /// Whether the last command reached Redis.
+    commands_ok: AtomicBool,
+}
+
+fn unavailable(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+    Error::Unavailable {
+        source: source.into(),
+    }
+}
+
+fn internal(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+    Error::Internal {
+        source: source.into(),
+    }
+}
+
+/// A Redis error is `Unavailable` when retrying later can help (I/O,
+/// timeouts, a server loading or busy, failover); anything else is a bug.
+fn classify(error: redis::RedisError) -> Error {
+    let retryable_code = matches!(
+        error.code(),
+        Some(
+            "LOADING"
+                | "BUSY"
+                | "TRYAGAIN"
+                | "MASTERDOWN"
+                | "READONLY"
+                | "CLUSTERDOWN"
+                | "NOSCRIPT"
+        )
+    );
+    if error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_cluster_error()
+        || retryable_code
+    {
+        unavailable(error)
+    } else {
+        internal(error)
+    }
+}
+
+fn items(value: Value) -> Result<Vec<Value>> {
+    match value {
+        Value::Array(items) => Ok(items),
+        other => Err(internal(format!("unexpected script reply {other:?}"))),
+    }
+}
+
+fn bytes(value: &Value) -> Result<&[u8]> {
+    match value {
+        Value::BulkString(b) => Ok(b),
+        Value::SimpleString(s) => Ok(s.as_bytes()),
+        other => Err(internal(format!("unexpected script reply item {other:?}"))),
+    }
+}
+
+fn int(value: &Value) -> Result<i64> {
+    match value {
+        Value::Int(i) => Ok(*i),
+        other => std::str::from_utf8(bytes(other)?)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| internal(format!("not a number: {other:?}"))),
+    }
+}
+
+/// The status word a script starts its reply with, as an error when it is
+/// a refusal.
+fn check(reply: &[Value], id: AgentId) -> Result<()> {
+    let word = reply.first().map(bytes).transpose()?.unwrap_or(b"");
+    match word {
+        b"OK" => Ok(()),
+        b"NOT_FOUND" => Err(Error::NotFound(id)),
+        b"UNAUTHENTICATED" => Err(Error::Unauthenticated),
+        b"PERMISSION_DENIED" => Err(Error::PermissionDenied),
+        b"BAD_AFTER" => Err(Error::invalid(
+            "after_notification_id",
+            "is not a notification id of this agent",
+        )),
+        other => Err(internal(format!(
+            "script answered {}",
+            String::from_utf8_lossy(other)
+        ))),
+    }
+}
+
+fn agent_of(message: &Value) -> Result<(Arc<Agent>, Revision)> {
+    let (change, _) = codec::decode_change(bytes(message)?)?;
+    Ok((change.agent, change.revision))
+}
+
+fn token_arg(owner: &Ownership) -> String {
+    owner
+        .presented
+        .as_ref()
+        .map(codec::encode_token)
+        .unwrap_or_default()
+}
+
+fn flag(b: bool) -> &'static str {
+    if b { "1" } else { "0" }
+}
+
+impl RedisStore {
+    /// A store for `config`. Connects lazily: a Redis that is down now only
+    /// makes the store unavailable until it answers.
+    ///
+    /// # Errors
+    /// When the URL cannot be parsed.
+    pub fn new(config: &RedisConfig) -> std::result::Result<Self, redis::RedisError> {
+        let client = redis::Client::open(config.url.as_str())?;
+        let mut pool_config = deadpool_redis::Config::from_url(config.url.clone());
+        pool_config.pool = Some(PoolConfig {
+            max_size: POOL_SIZE,
+            timeouts: Timeouts {
+                wait: Some(POOL_WAIT),
+                create: Some(CONNECT_TIMEOUT),
+                recycle: Some(CONNECT_TIMEOUT),
+            },
+            ..PoolConfig::default()
+        });
+        let pool = pool_config
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "pool",
+                    e.to_string(),
+                ))
+            })?;
+        let keys = Keys::new(&config.prefix);
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let listener = Listener::new(client, keys.clone(), feed.clone());
+        Ok(Self {
+            pool,
+            keys,
+            scripts: Scripts::new(),
+            listener,
+            feed,
+            grace_ms: i64::try_from(config.removal_grace.as_millis()).unwrap_or(i64::MAX / 4),
+            commands_ok: AtomicBool::new(false),
+        })
+    }
+
+    /// The pub/sub listener task; the server spawns it next to the others.
+    pub fn run_listener(
+        &self,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        self.listener.clone().run(shutdown)
+    }
+
+    /// Runs one script invocation, bounded by [`COMMAND_TIMEOUT`].
+    async fn invoke(&self, invocation: redis::ScriptInvocation<'_>) -> Result<Value> {
+        let call = async {
+            let mut conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            invocation
+                .invoke_async::<Value>(&mut conn)
+                .await
+                .map_err(classify)
+        };
+        let result = match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
+            Ok(result) => result,
+            Err(_) => Err(unavailable("Redis did not answer in time")),
+        };
+        let reachable = !matches!(result, Err(Error::Unavailable { .. }));
+        let was = self.commands_ok.swap(reachable, Ordering::AcqRel);
+        if was != reachable {
+            if reachable {
+                tracing::info!("Redis reachable");
+            } else if let Err(error) = &result {
+                tracing::warn!(error = %error_chain(error), "Redis unreachable");
+            }
+        }
+        result
+    }
+}
+
+fn error_chain(error: &Error) -> String {
+    let mut out = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+impl Store for RedisStore {
+    async fn register(&self, cmd: RegisterCommand, now: Millis) -> Result<Registered> {
+        let tel = cmd
+            .registration
+            .telemetry
+            .map(|t| codec::encode_telemetry(&t))
+            .unwrap_or_default();
+        let tst = cmd.registration.telemetry.map_or(1, |t| t.status() as i32);
+        let reg = codec::encode_registration(&cmd.registration);
+        let presented = cmd
+            .presented
+            .as_ref()
+            .map(|t| codec::encode_token(&t.hash()))
+            .unwrap_or_default();
+        let fresh = codec::encode_token(&cmd.fresh_token.hash());
+        let safety = SAFETY_NET_MS + self.grace_ms;
+        let zero_tel = codec::encode_telemetry(&Telemetry::default());
+        loop {
+            let (id, mode) = match cmd.agent_id {
+                Some(id) => (id, "id"),
+                None => (AgentId::new_v4(), "new"),
+            };
+            let mut invocation = self.scripts.register.prepare_invoke();
+            invocation
+                .key(self.keys.agent(id))
+                .key(self.keys.due())
+                .key(self.keys.revision())
+                .key(self.keys.agents())
+                .key(self.keys.shift())
+                .arg(id.to_string())
+                .arg(now)
+                .arg(mode)
+                .arg(reg.as_slice())
+                .arg(tel.as_str())
+                .arg(tst)
+                .arg(cmd.registration.ttl_secs)
+                .arg(presented.as_str())
+                .arg(flag(cmd.require_token))
+                .arg(fresh.as_str())
+                .arg(self.keys.changes_channel())
+                .arg(safety)
+                .arg(zero_tel.as_str());
+            let reply = items(self.invoke(invocation).await?)?;
+            if reply.first().map(bytes).transpose()? == Some(b"CONFLICT".as_slice()) {
+                continue; // a fresh UUIDv4 collided: draw another
+            }
+            check(&reply, id)?;
+            let created = reply.get(1).map(bytes).transpose()? == Some(b"REGISTERED".as_slice());
+            let (agent, revision) = agent_of(reply.get(2).ok_or_else(|| internal("short reply"))?)?;
+            let token = match (created, cmd.presented) {
+                (true, None) => Some(cmd.fresh_token),
+                (_, presented) => presented,
+            };
+            return Ok(Registered {
+                agent,
+                token,
+                revision,
+            });
+        }
+    }
+
+    async fn heartbeat(&self, cmd: HeartbeatCommand, now: Millis) -> Result<Heartbeaten> {
+        let tel = cmd
+            .telemetry
+            .map(|t| codec::encode_telemetry(&t))
+            .unwrap_or_default();
+        let tst = cmd.telemetry.map_or(0, |t| t.status() as i32);
+        let mut invocation = self.scripts.heartbeat.prepare_invoke();
+        invocation
+            .key(self.keys.agent(cmd.agent_id))
+            .key(self.keys.due())
+            .key(self.keys.revision())
+            .key(self.keys.shift())
+            .arg(cmd.agent_id.to_string())
+            .arg(now)
+            .arg(tel.as_str())
+            .arg(tst)
+            .arg(token_arg(&cmd.owner))
+            .arg(flag(cmd.owner.required))
+            .arg(self.keys.changes_channel())
+            .arg(SAFETY_NET_MS + self.grace_ms);
+        let reply = items(self.invoke(invocation).await?)?;
+        check(&reply, cmd.agent_id)?;
+        let last = reply
+            .last()
+            .filter(|_| reply.len() > 1)
+            .ok_or_else(|| internal("short reply"))?;
+        let (change, _) = codec::decode_change(bytes(last)?)?;
+        Ok(Heartbeaten {
+            agent: change.agent,
+            revision: change.revision,
+        })
+    }
+
+    async fn deregister(
+        &self,
+        agent_id: AgentId,
+        owner: Ownership,
+        now: Millis,
+    ) -> Result<Option<Revision>> {
+        let mut invocation = self.scripts.deregister.prepare_invoke();
+        invocation
+            .key(self.keys.agent(agent_id))
+            .key(self.keys.due())
+            .key(self.keys.revision())
+            .key(self.keys.agents())
+            .key(self.keys.backlog(agent_id))
+            .arg(agent_id.to_string())
+            .arg(now)
+            .arg(token_arg(&owner))
+            .arg(flag(owner.required))
+            .arg(self.keys.changes_channel());
+        let reply = items(self.invoke(invocation).await?)?;
+        if reply.first().map(bytes).transpose()? == Some(b"NONE".as_slice()) {
+            return Ok(None);
+        }
+        check(&reply, agent_id)?;
+        let (_, revision) = agent_of(reply.get(1).ok_or_else(|| internal("short reply"))?)?;
+        Ok(Some(revision))
+    }
+
+    async fn expire_due(&self, now: Millis) -> Result<Reaped> {
+        let mut invocation = self.scripts.expire.prepare_invoke();
+        invocation
+            .key(self.keys.due())
+            .key(self.keys.revision())
+            .key(self.keys.agents())
+            .key(self.keys.clock())
+            .key(self.keys.shift())
+            .arg(now)
+            .arg(self.grace_ms)
+            .arg(REAP_BATCH)
+            .arg(self.keys.agent_prefix())
+            .arg(self.keys.backlog_prefix())
+            .arg(self.keys.changes_channel())
+            .arg(FENCING_THRESHOLD_MS);
+        let reply = items(self.invoke(invocation).await?)?;
+        let [overdue, expired, next_due, shifted] = reply.as_slice() else {
+            return Err(internal("short reaper reply"));
+        };
+        let shifted = int(shifted)?;
+        if shifted > 0 {
+            tracing::warn!(
+                shifted_ms = shifted,
+                "heartbeats could not be recorded for a while: every deadline moved back"
+            );
+        }
+        let next_due = int(next_due)?;
+        Ok(Reaped {
+            overdue: usize::try_from(int(overdue)?).unwrap_or(0),
+            expired: usize::try_from(int(expired)?).unwrap_or(0),
+            next_due: (next_due >= 0).then_some(next_due),
+        })
+    }
+
+    async fn notify(&self, cmd: NotifyCommand, now: Millis) -> Result<Notified> {
+        let payload = codec::encode_notification_payload(&cmd.kind, &cmd.message, &cmd.metadata);
+        let mut invocation = self.scripts.notify.prepare_invoke();
+        invocation
+            .key(self.keys.agent(cmd.agent_id))
+            .key(self.keys.backlog(cmd.agent_id))
+            .arg(cmd.agent_id.to_string())
+            .arg(now)
+            .arg(payload.as_slice())
+            .arg(self.keys.mailbox_channel(cmd.agent_id))
+            .arg(BACKLOG_LEN);
+        let reply = items(self.invoke(invocation).await?)?;
+        check(&reply, cmd.agent_id)?;
+        let [_, message, receivers] = reply.as_slice() else {
+            return Err(internal("short notify reply"));
+        };
+        Ok(Notified {
+            notification: Arc::new(codec::decode_notification(bytes(message)?)?),
+            receivers: Some(u64::try_from(int(receivers)?).unwrap_or(0)),
+        })
+    }
+
+    type Interest = MailboxInterest;
+
+    async fn watch_mailbox(&self, agent_id: AgentId) -> Result<MailboxInterest> {
+        self.listener.watch_mailbox(agent_id).await
+    }
+
+    fn is_available(&self) -> bool {
+        self.listener.is_connected() && self.commands_ok.load(Ordering::Acquire)
+    }
+
+    async fn open_mailbox(
+        &self,
+        agent_id: AgentId,
+        owner: Ownership,
+        after: Option<u64>,
+    ) -> Result<Vec<Arc<Notification>>> {
+        let after = after.unwrap_or(0);
+        let mut invocation = self.scripts.open_mailbox.prepare_invoke();
+        invocation
+            .key(self.keys.agent(agent_id))
+            .key(self.keys.backlog(agent_id))
+            .arg(token_arg(&owner))
+            .arg(flag(owner.required))
+            .arg(after);
+        let reply = items(self.invoke(invocation).await?)?;
+        check(&reply, agent_id)?;
+        let mut out = Vec::with_capacity(reply.len().saturating_sub(1));
+        for message in &reply[1..] {
+            let notification = codec::decode_notification(bytes(message)?)?;
+            if notification.id > after {
+                out.push(Arc::new(notification));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn load(&self) -> Result<Snapshot> {
+        let mut invocation = self.scripts.snapshot.prepare_invoke();
+        invocation
+            .key(self.keys.revision())
+            .key(self.keys.agents())
+            .arg(self.keys.agent_prefix());
+        let reply = items(self.invoke(invocation).await?)?;
+        let revision = reply.first().map(int).transpose()?.unwrap_or(0);
+        let mut agents = Vec::with_capacity(reply.len().saturating_sub(1));
+        for record in reply.iter().skip(1) {
+            let (change, _) = codec::decode_change(bytes(record)?)?;
+            debug_assert_eq!(change.kind, ChangeKind::Touched);
+            agents.push(change.agent);
+        }
+        Ok(Snapshot {
+            revision: u64::try_from(revision).unwrap_or(0),
+            agents,
+        })
+    }
+
+    async fn subscribe(&self) -> Result<Feed> {
+        if !self.listener.is_connected() {
+            return Err(unavailable("Redis pub/sub not connected"));
+        }
+        Ok(self.feed.subscribe())
+    }
+}
