@@ -238,39 +238,9 @@ impl TestServer {
         server
     }
 
-    /// Waits until the server's view is loaded from the store (Redis
-    /// connects asynchronously): a snapshot watch answers SYNCED.
+    /// Waits until the server's view is loaded from the store.
     pub async fn wait_ready(&self) {
-        let endpoint = self.endpoint();
-        wait_until(Duration::from_secs(10), "server ready", || {
-            let endpoint = endpoint.clone();
-            async move {
-                let Ok(mut client) = ServiceRegistryClient::connect(endpoint).await else {
-                    return false;
-                };
-                let request = pb::WatchAgentsRequest {
-                    send_initial_snapshot: true,
-                    ..Default::default()
-                };
-                let Ok(response) = client.watch_agents(request).await else {
-                    return false;
-                };
-                let mut stream = response.into_inner();
-                for _ in 0..100_000 {
-                    match tokio::time::timeout(Duration::from_secs(2), stream.message()).await {
-                        Ok(Ok(Some(e)))
-                            if e.event_type == pb::agent_change_event::EventType::Synced as i32 =>
-                        {
-                            return true;
-                        }
-                        Ok(Ok(Some(_))) => continue,
-                        _ => return false,
-                    }
-                }
-                false
-            }
-        })
-        .await;
+        wait_ready(&self.endpoint()).await;
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -291,6 +261,125 @@ impl TestServer {
         if let Some(running) = self.running.take() {
             running.shutdown().await;
         }
+    }
+}
+
+/// Waits (at most 10 s) until the registry at `endpoint` serves a complete
+/// view: a snapshot watch answers SYNCED (refused while the view is not
+/// loaded from the store).
+pub async fn wait_ready(endpoint: &str) {
+    wait_until(Duration::from_secs(10), "server ready", || {
+        let endpoint = endpoint.to_owned();
+        async move {
+            let Ok(mut client) = ServiceRegistryClient::connect(endpoint).await else {
+                return false;
+            };
+            let request = pb::WatchAgentsRequest {
+                send_initial_snapshot: true,
+                ..Default::default()
+            };
+            let Ok(response) = client.watch_agents(request).await else {
+                return false;
+            };
+            let mut stream = response.into_inner();
+            for _ in 0..1_000_000 {
+                match tokio::time::timeout(Duration::from_secs(2), stream.message()).await {
+                    Ok(Ok(Some(e)))
+                        if e.event_type == pb::agent_change_event::EventType::Synced as i32 =>
+                    {
+                        return true;
+                    }
+                    Ok(Ok(Some(_))) => continue,
+                    _ => return false,
+                }
+            }
+            false
+        }
+    })
+    .await;
+}
+
+/// A registry replica as a child process of the real `agent-registry`
+/// binary on a Redis the test owns: tests can SIGKILL it and start it again
+/// on the same port.
+pub struct ReplicaProcess {
+    /// Its gRPC address (127.0.0.1, a port that was free).
+    pub addr: SocketAddr,
+    args: Vec<String>,
+    child: Option<std::process::Child>,
+}
+
+impl ReplicaProcess {
+    /// Starts a replica on `redis` with extra flags and waits until ready.
+    pub async fn start(redis: &RedisProcess, extra: &[&str]) -> Self {
+        let port = free_port();
+        let mut args: Vec<String> = [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--metrics-port",
+            "0",
+            "--removal-grace",
+            "1",
+            "--min-ttl",
+            "1",
+            "--store",
+            "redis",
+            "--redis-url",
+            &redis.url(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut replica = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            args,
+            child: None,
+        };
+        replica.start_again().await;
+        replica
+    }
+
+    /// Starts the (killed) replica again with the same flags and port.
+    pub async fn start_again(&mut self) {
+        self.kill();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_agent-registry"))
+            .args(&self.args)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_ready(&self.endpoint()).await;
+    }
+
+    /// SIGKILLs the replica and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A fresh client connection.
+    pub async fn client(&self) -> ServiceRegistryClient<Channel> {
+        ServiceRegistryClient::connect(self.endpoint())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for ReplicaProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

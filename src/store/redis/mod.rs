@@ -35,6 +35,7 @@ use super::{
 };
 use crate::domain::{
     Agent, AgentId, ChangeKind, Error, Millis, Notification, Result, Revision, Telemetry,
+    clock::{Clock, SystemClock},
 };
 
 pub use listener::MailboxInterest;
@@ -494,7 +495,9 @@ impl Store for RedisStore {
         invocation
             .key(self.keys.revision())
             .key(self.keys.agents())
-            .arg(self.keys.agent_prefix());
+            .arg(self.keys.agent_prefix())
+            // Only to seed the revision of an empty store; not a deadline.
+            .arg(SystemClock.now());
         let reply = items(self.invoke(invocation).await?)?;
         let revision = reply.first().map(int).transpose()?.unwrap_or(0);
         let mut agents = Vec::with_capacity(reply.len().saturating_sub(1));

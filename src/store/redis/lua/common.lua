@@ -40,6 +40,13 @@ end
 -- returns the published message.
 local function emit(rev_key, channel, key, id, kind, prev, now)
   local rev = redis.call('INCR', rev_key)
+  if rev == 1 then
+    -- A store without a revision (new, or its data was lost): start from the
+    -- clock, so revisions keep growing across a data loss (ms * 1000 stays
+    -- below 2^53, exact in a Lua number).
+    rev = now * 1000 + 1
+    redis.call('SET', rev_key, int(rev))
+  end
   if kind ~= 'TOUCHED' then
     redis.call('HSET', key, 'rev', rev)
   end

@@ -1,9 +1,14 @@
 -- Every agent at one revision, for a replica (re)building its view.
 -- KEYS: 1 rev, 2 agents set
--- ARGV: 1 agent key prefix
+-- ARGV: 1 agent key prefix, 2 now ms
 -- Returns {revision, record message...} (records packed as changes of kind
 -- SNAPSHOT).
-local rev = redis.call('GET', KEYS[1]) or '0'
+local rev = redis.call('GET', KEYS[1])
+if not rev then
+  -- Seed an empty store's revision from the clock (see emit in common.lua).
+  rev = int(tonumber(ARGV[2]) * 1000)
+  redis.call('SET', KEYS[1], rev)
+end
 local out = { rev }
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local f = redis.call('HMGET', ARGV[1] .. id, 'reg', 'tel', 'st', 'od', 'ls', 'ttl', 'ra', 'rev')
