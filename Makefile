@@ -46,5 +46,9 @@ deps:
 		exit 1; \
 	fi
 
+## bench: throughput and p50/p99 of every operation on both stores (release build)
+bench: deps
+	$(CARGO) bench --bench registry
+
 clean:
 	$(CARGO) clean

@@ -293,10 +293,10 @@ pub async fn notifications_sent_while_subscribing_arrive_once_each_in_order(back
             let mut ids = Vec::new();
             let mut started = Some(started);
             for i in 0..30 {
-                if i == head_start {
-                    if let Some(started) = started.take() {
-                        let _ = started.send(());
-                    }
+                if i == head_start
+                    && let Some(started) = started.take()
+                {
+                    let _ = started.send(());
                 }
                 let response = sender_client
                     .notify_agent(notify_request(&agent_id, &format!("n{i}")))
