@@ -249,12 +249,15 @@ async fn bench_store(store: &str, extra: &[String]) -> Vec<String> {
     rows
 }
 
-/// 100 watchers; 2 000 telemetry changes at ~1 000/s; latency from the
-/// change's acknowledgement to each watcher receiving it.
+/// 100 watchers; 2 000 telemetry changes (each of a different agent) at
+/// about 1 000/s; latency from issuing the change to each watcher receiving
+/// its UPDATED event.
 async fn watch_latency(clients: &[Client], agents: Arc<Vec<(String, String)>>) -> Sample {
     const WATCHERS: usize = 100;
     const CHANGES: usize = 2_000;
-    let sent: Arc<std::sync::Mutex<std::collections::HashMap<u64, Instant>>> = Arc::default();
+    type Sent = std::collections::HashMap<String, Instant>;
+    let sent: Arc<std::sync::Mutex<Sent>> = Arc::default();
+    let updated = pb::agent_change_event::EventType::Updated as i32;
     let mut watchers = Vec::new();
     for w in 0..WATCHERS {
         let mut c = clients[w % clients.len()].clone();
@@ -270,11 +273,13 @@ async fn watch_latency(clients: &[Client], agents: Arc<Vec<(String, String)>>) -
                 let next = tokio::time::timeout(Duration::from_secs(10), stream.message()).await;
                 let Ok(Ok(Some(event))) = next else { break };
                 let received = Instant::now();
-                // The writer records the send time after the call returns;
-                // an event may arrive first: count that as zero latency.
-                let at = sent.lock().expect("lock").get(&event.revision).copied();
-                latencies
-                    .push(at.map_or(Duration::ZERO, |at| received.saturating_duration_since(at)));
+                if event.event_type != updated {
+                    continue;
+                }
+                let id = event.agent.map(|a| a.agent_id).unwrap_or_default();
+                if let Some(at) = sent.lock().expect("lock").get(&id).copied() {
+                    latencies.push(received.saturating_duration_since(at));
+                }
             }
             latencies
         }));
@@ -282,35 +287,22 @@ async fn watch_latency(clients: &[Client], agents: Arc<Vec<(String, String)>>) -
     let mut c = clients[0].clone();
     let start = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
-    for i in 0..CHANGES {
+    for (i, (id, token)) in agents.iter().take(CHANGES).enumerate() {
         ticker.tick().await;
-        let (id, token) = &agents[i % agents.len()];
-        let t = Instant::now();
-        let resp = c
-            .heartbeat(pb::HeartbeatRequest {
-                agent_id: id.clone(),
-                registration_token: token.clone(),
-                telemetry: Some(pb::AgentTelemetry {
-                    success_rate: 0.9,
-                    total_executions: 1_000 + i as i64,
-                    ..Default::default()
-                }),
-            })
-            .await
-            .expect("heartbeat");
-        std::hint::black_box(resp);
-        // Revisions are not returned by Heartbeat: look the change up by the
-        // agent's revision afterwards.
-        let agent = c
-            .get_agent(pb::GetAgentRequest {
-                agent_id: id.clone(),
-            })
-            .await
-            .expect("get")
-            .into_inner()
-            .agent
-            .expect("agent");
-        sent.lock().expect("lock").insert(agent.revision, t);
+        sent.lock()
+            .expect("lock")
+            .insert(id.clone(), Instant::now());
+        c.heartbeat(pb::HeartbeatRequest {
+            agent_id: id.clone(),
+            registration_token: token.clone(),
+            telemetry: Some(pb::AgentTelemetry {
+                success_rate: 0.9,
+                total_executions: 1_000 + i as i64,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("heartbeat");
     }
     let elapsed = start.elapsed();
     let mut latencies = Vec::new();

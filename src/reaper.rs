@@ -8,7 +8,10 @@ use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{domain::clock::Clock, store::Store};
+use crate::{
+    domain::{Error, clock::Clock},
+    store::Store,
+};
 
 /// Longest sleep between passes: bounds how late a transition can fire when
 /// another replica made it due (a deadline this replica did not see).
@@ -28,6 +31,12 @@ pub async fn run<S: Store>(store: Arc<S>, clock: Arc<dyn Clock>, shutdown: Cance
                     .map(|due| Duration::from_millis(u64::try_from(due - now).unwrap_or(0)))
                     .unwrap_or(MAX_SLEEP)
                     .min(MAX_SLEEP)
+            }
+            // The store logs when it becomes unreachable (and back); only
+            // other failures deserve a line per pass.
+            Err(error @ Error::Unavailable { .. }) => {
+                tracing::debug!(%error, "reaper pass skipped: store unavailable");
+                MAX_SLEEP
             }
             Err(error) => {
                 tracing::warn!(%error, "reaper pass failed");

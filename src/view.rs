@@ -10,7 +10,7 @@
 //! Depends on: domain, store (snapshot type), outbox.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     hash::{Hash, Hasher},
     sync::{
         Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard,
@@ -23,9 +23,9 @@ use tokio::sync::watch;
 
 use crate::{
     domain::{
-        Agent, AgentId, Change, ChangeKind, Revision,
+        Agent, AgentId, Change, ChangeKind, Revision, Status,
         query::{
-            AgentFilter, DiscoverQuery, ListKey, Strategy, WatchSelection, list_key,
+            AgentFilter, DiscoverQuery, ListKey, RankKey, Strategy, WatchSelection, list_key,
             order_discovered,
         },
     },
@@ -100,8 +100,15 @@ struct Index {
     revision: Revision,
     agents: HashMap<AgentId, Arc<Agent>>,
     by_capability: HashMap<String, HashSet<AgentId>>,
-    by_list_order: BTreeSet<ListKey>,
+    by_list_order: BTreeMap<ListKey, Arc<Agent>>,
+    /// Per status, every agent in RANKED order: a ranked discover walks its
+    /// status's partition and stops after `max_results` matches.
+    by_rank: [BTreeMap<RankKey, Arc<Agent>>; 3],
 }
+
+/// A ranked discover whose smallest capability set is at most this big
+/// scans that set instead of walking the rank order.
+const SCAN_BELOW: usize = 256;
 
 #[derive(Debug)]
 struct Watcher {
@@ -111,14 +118,18 @@ struct Watcher {
 
 // === impl Index ===
 
+fn rank_slot(status: Status) -> usize {
+    match status {
+        Status::Healthy => 0,
+        Status::Unhealthy => 1,
+        Status::Degraded => 2,
+    }
+}
+
 impl Index {
     fn insert(&mut self, agent: Arc<Agent>) {
-        if let Some(old) = self.agents.get(&agent.id).cloned() {
-            if old.capabilities == agent.capabilities && old.registered_at == agent.registered_at {
-                self.agents.insert(agent.id, agent);
-                return;
-            }
-            self.remove(&old);
+        if let Some(old) = self.agents.remove(&agent.id) {
+            self.unindex(&old);
         }
         for cap in &agent.capabilities {
             self.by_capability
@@ -126,14 +137,19 @@ impl Index {
                 .or_default()
                 .insert(agent.id);
         }
-        self.by_list_order.insert(list_key(&agent));
+        self.by_list_order.insert(list_key(&agent), agent.clone());
+        self.by_rank[rank_slot(agent.status)].insert(RankKey::of(&agent), agent.clone());
         self.agents.insert(agent.id, agent);
     }
 
-    fn remove(&mut self, agent: &Agent) {
-        let Some(old) = self.agents.remove(&agent.id) else {
-            return;
-        };
+    fn remove(&mut self, id: AgentId) {
+        if let Some(old) = self.agents.remove(&id) {
+            self.unindex(&old);
+        }
+    }
+
+    /// Drops `old` from every secondary index (not from `agents`).
+    fn unindex(&mut self, old: &Agent) {
         for cap in &old.capabilities {
             if let Some(ids) = self.by_capability.get_mut(cap) {
                 ids.remove(&old.id);
@@ -142,7 +158,46 @@ impl Index {
                 }
             }
         }
-        self.by_list_order.remove(&list_key(&old));
+        self.by_list_order.remove(&list_key(old));
+        self.by_rank[rank_slot(old.status)].remove(&RankKey::of(old));
+    }
+
+    /// Size of the smallest capability set of `caps` (0 when one is absent).
+    fn smallest_capability_set(&self, caps: &[String]) -> usize {
+        caps.iter()
+            .map(|c| self.by_capability.get(c).map_or(0, HashSet::len))
+            .min()
+            .unwrap_or(self.agents.len())
+    }
+
+    /// RANKED discover by walking the status partition in rank order, when
+    /// matches are dense enough for that to beat scanning the capability
+    /// set. `None`: the walk would not pay off (or exceeded its budget).
+    fn discover_by_rank(&self, query: &DiscoverQuery, status: Status) -> Option<Vec<Arc<Agent>>> {
+        let set = self.smallest_capability_set(&query.capabilities);
+        if !query.capabilities.is_empty() && set <= SCAN_BELOW {
+            return None;
+        }
+        // Visiting more than twice the capability set means the matches are
+        // sparse in this partition: scanning the set is cheaper.
+        let budget = if query.capabilities.is_empty() {
+            usize::MAX
+        } else {
+            set.saturating_mul(2)
+        };
+        let mut out = Vec::with_capacity(query.max_results);
+        for (visited, agent) in self.by_rank[rank_slot(status)].values().enumerate() {
+            if visited >= budget {
+                return None;
+            }
+            if agent.has_all(&query.capabilities) && query.filter.matches(agent) {
+                out.push(agent.clone());
+                if out.len() == query.max_results {
+                    break;
+                }
+            }
+        }
+        Some(out)
     }
 
     /// Agents having every capability in `caps`: walks the smallest index set.
@@ -273,7 +328,7 @@ impl View {
         let mut index = self.write();
         let previous = index.agents.get(&change.agent.id).cloned();
         if change.kind.is_removal() {
-            index.remove(&change.agent);
+            index.remove(change.agent.id);
         } else {
             index.insert(change.agent.clone());
         }
@@ -329,9 +384,7 @@ impl View {
                 .range((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded)),
             None => index.by_list_order.range(..),
         };
-        let mut matching = range
-            .filter_map(|key| index.agents.get(&key.id))
-            .filter(|a| filter.matches(a));
+        let mut matching = range.map(|(_, agent)| agent).filter(|a| filter.matches(a));
         let limit = limit.unwrap_or(usize::MAX);
         let page: Vec<Arc<Agent>> = matching.by_ref().take(limit).cloned().collect();
         let more = matching.next().is_some();
@@ -350,6 +403,11 @@ impl View {
             _ => 0,
         };
         let index = self.read();
+        if let (Strategy::Ranked, Some(status)) = (query.strategy, query.filter.status)
+            && let Some(found) = index.discover_by_rank(query, status)
+        {
+            return found;
+        }
         let candidates: Vec<&Arc<Agent>> = index
             .with_capabilities(&query.capabilities)
             .filter(|a| query.filter.matches(a))
@@ -404,5 +462,126 @@ impl View {
                 id,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::domain::{AgentType, Telemetry, agent::Registration};
+
+    fn agent(i: usize) -> Agent {
+        let telemetry = Telemetry {
+            success_rate: (i % 100) as f64 / 100.0,
+            total_executions: if i.is_multiple_of(7) { 0 } else { 10 },
+            avg_duration_ms: (i % 13) as i64,
+            ..Telemetry::default()
+        };
+        let mut caps = vec![format!("c{}", i % 10), "all".to_owned()];
+        if i.is_multiple_of(400) {
+            caps.push("rare".to_owned());
+        }
+        let reg = Registration {
+            agent_type: AgentType::ALL[i % 4],
+            capabilities: caps,
+            metadata: BTreeMap::from([("zone".to_owned(), format!("z{}", i % 3))]),
+            namespace: "default".into(),
+            cluster: "local".into(),
+            version: "1.0.0".into(),
+            endpoint: String::new(),
+            telemetry: Some(telemetry),
+            ttl_secs: 60,
+        };
+        Agent::create(AgentId::new_v4(), reg, 1_000 * (i as i64 % 5))
+    }
+
+    fn brute_force(agents: &[Arc<Agent>], q: &DiscoverQuery) -> Vec<AgentId> {
+        let matching: Vec<&Arc<Agent>> = agents
+            .iter()
+            .filter(|a| a.has_all(&q.capabilities) && q.filter.matches(a))
+            .collect();
+        order_discovered(matching, Strategy::Ranked, q.max_results, 0)
+            .iter()
+            .map(|a| a.id)
+            .collect()
+    }
+
+    #[test]
+    fn ranked_discover_equals_brute_force_ranking() {
+        let agents: Vec<Arc<Agent>> = (0..3000).map(|i| Arc::new(agent(i))).collect();
+        let view = View::new();
+        view.reset(Snapshot {
+            revision: 1,
+            agents: agents.clone(),
+        });
+        let caps_cases: [&[&str]; 5] = [&[], &["all"], &["c3"], &["rare"], &["c3", "all"]];
+        for caps in caps_cases {
+            for status in Status::ALL {
+                for max_results in [1, 5, 50, 1000] {
+                    for zone in [None, Some("z1")] {
+                        let mut filter = AgentFilter {
+                            status: Some(status),
+                            ..AgentFilter::default()
+                        };
+                        if let Some(zone) = zone {
+                            filter.metadata.insert("zone".into(), zone.into());
+                        }
+                        let q = DiscoverQuery {
+                            capabilities: caps.iter().map(|c| c.to_string()).collect(),
+                            filter,
+                            max_results,
+                            strategy: Strategy::Ranked,
+                        };
+                        let got: Vec<AgentId> = view.discover(&q).iter().map(|a| a.id).collect();
+                        assert_eq!(
+                            got,
+                            brute_force(&agents, &q),
+                            "{caps:?} {status:?} {max_results} {zone:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn changes_move_agents_between_rank_partitions() {
+        let view = View::new();
+        let a = agent(99);
+        assert_eq!(a.status, Status::Healthy);
+        view.apply(&Change {
+            revision: 1,
+            kind: ChangeKind::Registered,
+            agent: Arc::new(a.clone()),
+            at: 0,
+        });
+        let (overdue, _) = a.mark_overdue();
+        view.apply(&Change {
+            revision: 2,
+            kind: ChangeKind::StatusChanged { previous: a.status },
+            agent: Arc::new(overdue),
+            at: 0,
+        });
+        let query = |status| DiscoverQuery {
+            capabilities: vec![],
+            filter: AgentFilter {
+                status: Some(status),
+                ..AgentFilter::default()
+            },
+            max_results: 5,
+            strategy: Strategy::Ranked,
+        };
+        assert!(view.discover(&query(a.status)).is_empty());
+        assert_eq!(view.discover(&query(Status::Unhealthy)).len(), 1);
+        view.apply(&Change {
+            revision: 3,
+            kind: ChangeKind::Deregistered,
+            agent: Arc::new(a),
+            at: 0,
+        });
+        assert!(view.discover(&query(Status::Unhealthy)).is_empty());
+        assert_eq!(view.len(), 0);
     }
 }

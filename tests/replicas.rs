@@ -973,3 +973,154 @@ async fn paging_alternately_on_two_replicas_visits_each_agent_once() {
         );
     }
 }
+
+/// Change events reach watchers on every replica within 100 ms of the
+/// write's acknowledgement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_watchers_on_every_replica_within_100ms() {
+    let redis = RedisProcess::start().await;
+    let a = TestServer::replica(&redis, &[]).await;
+    let b = ReplicaProcess::start(&redis, &[]).await;
+    let mut clients = [a.client().await, b.client().await];
+    let mut watchers = Vec::new();
+    for client in clients.iter_mut() {
+        let (stream, _) = watch_synced(client).await;
+        watchers.push(Collector::spawn(stream));
+    }
+
+    let mut acks = Vec::new();
+    for i in 0..20 {
+        let r = register(&mut clients[i % 2], register_request(&["fast"])).await;
+        acks.push((r.agent_id, Instant::now()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (w, watch) in watchers.iter().enumerate() {
+        wait_until(
+            Duration::from_secs(2),
+            &format!("watcher {w} got all"),
+            || {
+                let n = watch.items().len();
+                async move { n >= 20 }
+            },
+        )
+        .await;
+    }
+    for (w, watch) in watchers.iter().enumerate() {
+        let arrived: HashMap<String, Instant> = watch
+            .timed()
+            .into_iter()
+            .map(|(at, e)| (id_of(&e), at))
+            .collect();
+        let mut worst = Duration::ZERO;
+        for (id, acked) in &acks {
+            let at = arrived[id];
+            worst = worst.max(at.saturating_duration_since(*acked));
+        }
+        eprintln!("watcher {w}: slowest event {worst:?} after the acknowledgement");
+        assert!(
+            worst <= Duration::from_millis(100),
+            "watcher {w}: an event arrived {worst:?} after its write was acknowledged"
+        );
+    }
+}
+
+/// A subscriber whose replica dies resumes on another replica with
+/// `after_notification_id`: nothing sent meanwhile is lost, nothing is
+/// delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_resumes_on_another_replica_without_gap_or_duplicate() {
+    let redis = RedisProcess::start().await;
+    let mut a = ReplicaProcess::start(&redis, &[]).await;
+    let b = TestServer::replica(&redis, &[]).await;
+    let mut ca = a.client().await;
+    let mut cb = b.client().await;
+    let agent = register(&mut ca, register_request(&["resumer"])).await;
+
+    let notify = |client: &Client, message: String| {
+        let mut client = client.clone();
+        let request = pb::NotifyAgentRequest {
+            agent_id: agent.agent_id.clone(),
+            message,
+            ..Default::default()
+        };
+        async move {
+            tokio::time::timeout(CALL_WAIT, client.notify_agent(request))
+                .await
+                .expect("notify answers in time")
+                .expect("notify succeeds")
+                .into_inner()
+        }
+    };
+
+    let stream = ca
+        .subscribe_notifications(with_token(
+            pb::SubscribeNotificationsRequest {
+                agent_id: agent.agent_id.clone(),
+                ..Default::default()
+            },
+            &agent.registration_token,
+        ))
+        .await
+        .expect("subscribe on A")
+        .into_inner();
+    let on_a = Collector::spawn(stream);
+    for i in 1..=3 {
+        let sent = notify(&cb, format!("m{i}")).await;
+        assert!(sent.delivered, "the subscriber on A is live: {sent:?}");
+    }
+    wait_until(Duration::from_secs(1), "A's subscriber got 3", || {
+        let n = on_a.items().len();
+        async move { n >= 3 }
+    })
+    .await;
+    let last_seen = on_a.items().last().unwrap().notification_id.clone();
+    assert_eq!(last_seen, "3");
+
+    a.kill();
+    wait_until(Duration::from_secs(2), "A's stream ends", || {
+        let ended = on_a.ended().is_some();
+        async move { ended }
+    })
+    .await;
+    // Sent while the agent has no subscriber anywhere.
+    for i in 4..=5 {
+        let sent = notify(&cb, format!("m{i}")).await;
+        assert!(!sent.delivered, "nobody listens now: {sent:?}");
+    }
+
+    let stream = cb
+        .subscribe_notifications(with_token(
+            pb::SubscribeNotificationsRequest {
+                agent_id: agent.agent_id.clone(),
+                after_notification_id: last_seen,
+                ..Default::default()
+            },
+            &agent.registration_token,
+        ))
+        .await
+        .expect("resume on B")
+        .into_inner();
+    let on_b = Collector::spawn(stream);
+    wait_until(Duration::from_secs(1), "B replays the backlog", || {
+        let n = on_b.items().len();
+        async move { n >= 2 }
+    })
+    .await;
+    for i in 6..=7 {
+        let sent = notify(&cb, format!("m{i}")).await;
+        assert!(sent.delivered, "{sent:?}");
+    }
+    wait_until(Duration::from_secs(1), "B streams live ones", || {
+        let n = on_b.items().len();
+        async move { n >= 4 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let got: Vec<(String, String)> = on_b
+        .items()
+        .into_iter()
+        .map(|n| (n.notification_id, n.message))
+        .collect();
+    let want: Vec<(String, String)> = (4..=7).map(|i| (i.to_string(), format!("m{i}"))).collect();
+    assert_eq!(got, want, "resumed after 3: no gap, no duplicate");
+}

@@ -134,19 +134,57 @@ pub fn score(agent: &Agent) -> f64 {
     0.5 * health + 0.5 * telemetry
 }
 
-/// RANKED order: higher score, then lower `avg_duration_ms`, then later
-/// `last_seen` (whole seconds), then `agent_id` ascending. Total and
-/// deterministic.
+/// An agent's position in RANKED order: higher score, then lower
+/// `avg_duration_ms`, then later `last_seen` (whole seconds), then `agent_id`
+/// ascending. Total and deterministic; views keep agents sorted by it.
+#[derive(Copy, Clone, Debug)]
+pub struct RankKey {
+    score: f64,
+    avg_duration_ms: i64,
+    last_seen: i64,
+    id: AgentId,
+}
+
+impl RankKey {
+    /// The key of `agent`.
+    pub fn of(agent: &Agent) -> Self {
+        Self {
+            score: score(agent),
+            avg_duration_ms: agent.telemetry.avg_duration_ms,
+            last_seen: agent.last_seen(),
+            id: agent.id,
+        }
+    }
+}
+
+impl Ord for RankKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .score
+            .total_cmp(&self.score)
+            .then(self.avg_duration_ms.cmp(&other.avg_duration_ms))
+            .then(other.last_seen.cmp(&self.last_seen))
+            .then(self.id.cmp(&other.id))
+    }
+}
+
+impl PartialOrd for RankKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for RankKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for RankKey {}
+
+/// RANKED order of two agents (see [`RankKey`]).
 pub fn rank_order(a: &Agent, b: &Agent) -> Ordering {
-    score(b)
-        .total_cmp(&score(a))
-        .then(
-            a.telemetry
-                .avg_duration_ms
-                .cmp(&b.telemetry.avg_duration_ms),
-        )
-        .then(b.last_seen().cmp(&a.last_seen()))
-        .then(a.id.cmp(&b.id))
+    RankKey::of(a).cmp(&RankKey::of(b))
 }
 
 /// List order: `(registered_at, agent_id)`.
