@@ -5,8 +5,8 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use crate::{
     config::{Settings, StoreSettings},
@@ -174,7 +174,10 @@ async fn serve<S: Store>(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(ServiceRegistryServer::new(service))
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            TcpIncoming::from(listener)
+                // Small responses must not wait for delayed ACKs (Nagle).
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(60))),
             shutdown.clone().cancelled_owned(),
         )
         .await;
