@@ -15,10 +15,10 @@ run:
 ## test: unit, behaviour, legacy-client and doc tests (installs redis-server when missing)
 test: deps
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --workspace --all-targets --no-fail-fast; \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
 		echo "cargo-nextest not found; using cargo test"; \
-		$(CARGO) test --workspace --all-targets --no-fail-fast; \
+		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 	$(CARGO) test --doc --quiet
 

@@ -13,26 +13,28 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     mailbox::Mailboxes,
+    metrics::Metrics,
     outbox::StreamEnd,
     store::{FeedMessage, Store},
     view::View,
 };
 
 /// Longest wait between attempts to (re)connect to the store's feed.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Runs until `shutdown`: subscribe, load, apply, and start over on any gap.
 pub async fn run<S: Store>(
     store: Arc<S>,
     view: Arc<View>,
     mailboxes: Arc<Mailboxes>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(50);
     while !shutdown.is_cancelled() {
         let synced = tokio::select! {
             _ = shutdown.cancelled() => return,
-            synced = sync_once(&*store, &view, &mailboxes, &shutdown) => synced,
+            synced = sync_once(&*store, &view, &mailboxes, &metrics, &shutdown) => synced,
         };
         if shutdown.is_cancelled() {
             return;
@@ -60,6 +62,7 @@ async fn sync_once<S: Store>(
     store: &S,
     view: &View,
     mailboxes: &Mailboxes,
+    metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> bool {
     let mut feed = match store.subscribe().await {
@@ -102,6 +105,7 @@ async fn sync_once<S: Store>(
                     return true;
                 }
                 view.apply(&change);
+                metrics.count_event(change.kind);
                 if change.kind.is_removal() {
                     mailboxes.close_agent(change.agent.id);
                 }

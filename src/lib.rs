@@ -18,12 +18,15 @@
 //! - [`service`]: the tonic service: decode → validate → call → encode.
 //! - [`server`]: the composition root.
 //! - [`config`]: flags and environment variables.
+//! - [`metrics`], [`admin`]: Prometheus metrics and the HTTP probes.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod domain;
 pub mod feed;
 pub mod mailbox;
+pub mod metrics;
 pub mod outbox;
 pub mod pb;
 pub mod reaper;

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     domain::{Error, clock::Clock},
+    metrics::Metrics,
     store::Store,
 };
 
@@ -18,11 +19,19 @@ use crate::{
 pub const MAX_SLEEP: Duration = Duration::from_millis(250);
 
 /// Runs until `shutdown`.
-pub async fn run<S: Store>(store: Arc<S>, clock: Arc<dyn Clock>, shutdown: CancellationToken) {
+pub async fn run<S: Store>(
+    store: Arc<S>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     loop {
         let now = clock.now();
         let sleep = match store.expire_due(now).await {
             Ok(reaped) => {
+                metrics
+                    .expired
+                    .inc_by(u64::try_from(reaped.expired).unwrap_or(0));
                 if reaped.overdue + reaped.expired > 0 {
                     tracing::debug!(overdue = reaped.overdue, expired = reaped.expired, "reaped");
                 }
@@ -35,10 +44,12 @@ pub async fn run<S: Store>(store: Arc<S>, clock: Arc<dyn Clock>, shutdown: Cance
             // The store logs when it becomes unreachable (and back); only
             // other failures deserve a line per pass.
             Err(error @ Error::Unavailable { .. }) => {
+                metrics.store_errors.inc();
                 tracing::debug!(%error, "reaper pass skipped: store unavailable");
                 MAX_SLEEP
             }
             Err(error) => {
+                metrics.store_errors.inc();
                 tracing::warn!(%error, "reaper pass failed");
                 MAX_SLEEP
             }

@@ -1,19 +1,28 @@
 //! The composition root: builds the store named by the settings, this
-//! replica's view, mailboxes, feed pump and reaper, and serves gRPC until
+//! replica's view, mailboxes, feed pump, reaper, health reporting, the
+//! metrics HTTP server, and serves gRPC (registry, health, reflection) until
 //! told to stop. The only file that names a concrete store.
+//!
+//! Shutdown, in order: health and `/readyz` turn not serving, the gRPC
+//! server stops accepting calls and ends every stream with UNAVAILABLE,
+//! in-flight unary calls finish (at most [`DRAIN_GRACE`]), then the
+//! background tasks stop.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
+    admin::{self, AdminState, Readiness},
     config::{Settings, StoreSettings},
     domain::clock::{Clock, SystemClock},
     feed,
     mailbox::Mailboxes,
-    pb::service_registry_server::ServiceRegistryServer,
+    metrics::Metrics,
+    pb::{self, service_registry_server::ServiceRegistryServer},
     reaper,
     service::{RegistryService, ServiceParts},
     store::{MemoryStore, RedisConfig, RedisStore, Store},
@@ -22,6 +31,10 @@ use crate::{
 
 /// How long start-up waits for the view's first load from the store.
 const INITIAL_SYNC_WAIT: Duration = Duration::from_secs(2);
+/// How long in-flight calls may take to finish after shutdown begins.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// How often health and readiness are re-evaluated.
+const HEALTH_EVERY: Duration = Duration::from_millis(250);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +63,7 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Running {
     grpc_addr: SocketAddr,
+    metrics_addr: SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -60,12 +74,17 @@ impl Running {
         self.grpc_addr
     }
 
-    /// A token that stops the server when cancelled.
+    /// The bound HTTP (metrics, probes) address.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// A token that starts the shutdown when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
 
-    /// Stops the server: streams end with UNAVAILABLE, in-flight calls finish.
+    /// Stops the server and waits until it has.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.wait().await;
@@ -79,34 +98,55 @@ impl Running {
     }
 }
 
+/// Everything `serve` runs, wired.
+struct Parts<S> {
+    store: Arc<S>,
+    view: Arc<View>,
+    mailboxes: Arc<Mailboxes>,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    grpc: TcpListener,
+    admin: TcpListener,
+    shutdown: CancellationToken,
+    /// Store-specific tasks, already spawned; they stop with `background`.
+    others: Vec<JoinHandle<()>>,
+    background: CancellationToken,
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let bind_error = |source| StartError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, bound))
+}
+
 /// Binds the listeners and starts serving in the background.
 ///
 /// # Errors
-/// [`StartError`] when a port cannot be bound or the store is unsupported.
+/// [`StartError`] when a port cannot be bound or a setting is unusable.
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
-    let listener = TcpListener::bind(settings.grpc_addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: settings.grpc_addr,
-            source,
-        })?;
-    let grpc_addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: settings.grpc_addr,
-        source,
-    })?;
+    let (grpc, grpc_addr) = bind(settings.grpc_addr).await?;
+    let (admin, metrics_addr) = bind(settings.metrics_addr).await?;
+    let metrics = Arc::new(Metrics::new().expect("metric names are distinct constants"));
     let shutdown = CancellationToken::new();
+    let background = CancellationToken::new();
     let view = View::new();
+    let mailboxes = Mailboxes::new();
     let task = match &settings.store {
         StoreSettings::Memory => {
             let store = Arc::new(MemoryStore::new(settings.ttl.removal_grace));
-            tokio::spawn(serve(
+            tokio::spawn(serve(Parts {
                 store,
-                view.clone(),
-                settings.clone(),
-                listener,
-                shutdown.clone(),
-                Vec::new(),
-            ))
+                view: view.clone(),
+                mailboxes,
+                metrics,
+                settings: settings.clone(),
+                grpc,
+                admin,
+                shutdown: shutdown.clone(),
+                others: Vec::new(),
+                background,
+            }))
         }
         StoreSettings::Redis { url, prefix } => {
             let config = RedisConfig {
@@ -118,49 +158,88 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
                 setting: "--redis-url (REDIS_URL)",
                 reason: e.to_string(),
             })?;
-            let pubsub = tokio::spawn(store.run_listener(shutdown.clone()));
-            tokio::spawn(serve(
-                Arc::new(store),
-                view.clone(),
-                settings.clone(),
-                listener,
-                shutdown.clone(),
-                vec![pubsub],
-            ))
+            let pubsub = tokio::spawn(store.run_listener(background.clone()));
+            tokio::spawn(serve(Parts {
+                store: Arc::new(store),
+                view: view.clone(),
+                mailboxes,
+                metrics,
+                settings: settings.clone(),
+                grpc,
+                admin,
+                shutdown: shutdown.clone(),
+                others: vec![pubsub],
+                background,
+            }))
         }
     };
     // Give the view a moment to load, so the first calls see the registry;
     // a store that is down does not hold the start-up back beyond this.
     if !view.wait_synced(INITIAL_SYNC_WAIT).await {
-        tracing::warn!("store not reachable yet; serving stale and retrying");
+        tracing::warn!("store not reachable yet; not serving until it is");
     }
-    tracing::info!(grpc = %grpc_addr, store = ?settings.store, settings = ?settings, "agent registry started");
+    tracing::info!(
+        grpc = %grpc_addr,
+        metrics = %metrics_addr,
+        settings = ?settings,
+        "agent registry started"
+    );
     Ok(Running {
         grpc_addr,
+        metrics_addr,
         shutdown,
         task,
     })
 }
 
-/// Serves until `shutdown`, then waits for the background tasks (`others`
-/// are store-specific ones, already spawned).
-async fn serve<S: Store>(
-    store: Arc<S>,
-    view: Arc<View>,
-    settings: Settings,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-    others: Vec<JoinHandle<()>>,
-) {
+async fn serve<S: Store>(parts: Parts<S>) {
+    let Parts {
+        store,
+        view,
+        mailboxes,
+        metrics,
+        settings,
+        grpc,
+        admin,
+        shutdown,
+        others,
+        background,
+    } = parts;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let mailboxes = Mailboxes::new();
-    let feed_task = tokio::spawn(feed::run(
+    let readiness = Arc::new(Readiness::default());
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let mut tasks = others;
+    tasks.push(tokio::spawn(feed::run(
         store.clone(),
         view.clone(),
         mailboxes.clone(),
+        metrics.clone(),
+        background.clone(),
+    )));
+    tasks.push(tokio::spawn(reaper::run(
+        store.clone(),
+        clock.clone(),
+        metrics.clone(),
+        background.clone(),
+    )));
+    tasks.push(tokio::spawn(report_health(
+        store.clone(),
+        view.clone(),
+        reporter,
+        readiness.clone(),
         shutdown.clone(),
-    ));
-    let reaper_task = tokio::spawn(reaper::run(store.clone(), clock.clone(), shutdown.clone()));
+        background.clone(),
+    )));
+    tasks.push(tokio::spawn(admin::serve(
+        admin,
+        AdminState {
+            metrics: metrics.clone(),
+            view: view.clone(),
+            mailboxes: mailboxes.clone(),
+            readiness,
+        },
+        background.clone(),
+    )));
     let service = RegistryService::new(ServiceParts {
         store,
         view,
@@ -169,25 +248,98 @@ async fn serve<S: Store>(
         ttl: settings.ttl,
         require_token: settings.require_token,
         shutdown: shutdown.clone(),
+        metrics,
     });
-    let result = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .expect("the embedded descriptor sets decode");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .expect("the embedded descriptor sets decode");
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(ServiceRegistryServer::new(service))
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener)
+            TcpIncoming::from(grpc)
                 // Small responses must not wait for delayed ACKs (Nagle).
                 .with_nodelay(Some(true))
                 .with_keepalive(Some(Duration::from_secs(60))),
             shutdown.clone().cancelled_owned(),
-        )
-        .await;
-    if let Err(error) = result {
-        tracing::error!(%error, "gRPC server failed");
+        );
+    let drain_deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_GRACE).await;
+    };
+    tokio::select! {
+        result = server => {
+            if let Err(error) = result {
+                tracing::error!(%error, "gRPC server failed");
+            }
+        }
+        _ = drain_deadline => {
+            tracing::warn!(grace = ?DRAIN_GRACE, "calls still running after the drain grace; stopping anyway");
+        }
     }
     shutdown.cancel();
-    for task in [feed_task, reaper_task].into_iter().chain(others) {
+    background.cancel();
+    for task in tasks {
         if let Err(error) = task.await {
             tracing::error!(%error, "background task failed");
+        }
+    }
+}
+
+/// Keeps gRPC health (`""` and the registry service) and `/readyz` in step
+/// with whether this replica can serve: store reachable, view current, not
+/// shutting down.
+async fn report_health<S: Store>(
+    store: Arc<S>,
+    view: Arc<View>,
+    reporter: HealthReporter,
+    readiness: Arc<Readiness>,
+    shutdown: CancellationToken,
+    stop: CancellationToken,
+) {
+    let mut last = None;
+    let mut tick = tokio::time::interval(HEALTH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled(), if last != Some(false) => {}
+        }
+        let serving = !shutdown.is_cancelled() && store.is_available() && view.is_synced();
+        if last == Some(serving) {
+            continue;
+        }
+        last = Some(serving);
+        readiness.set(serving);
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter.set_service_status("", status).await;
+        if serving {
+            reporter
+                .set_serving::<ServiceRegistryServer<RegistryService<S>>>()
+                .await;
+            tracing::info!("serving");
+        } else {
+            reporter
+                .set_not_serving::<ServiceRegistryServer<RegistryService<S>>>()
+                .await;
+            tracing::warn!(shutting_down = shutdown.is_cancelled(), "not serving");
         }
     }
 }

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::{
     domain::{
-        Agent, AgentId, Change, ChangeKind, Revision, Status,
+        Agent, AgentId, AgentType, Change, ChangeKind, Revision, Status,
         query::{
             AgentFilter, DiscoverQuery, ListKey, RankKey, Strategy, WatchSelection, list_key,
             order_discovered,
@@ -104,6 +104,8 @@ struct Index {
     /// Per status, every agent in RANKED order: a ranked discover walks its
     /// status's partition and stops after `max_results` matches.
     by_rank: [BTreeMap<RankKey, Arc<Agent>>; 3],
+    /// Agents per (type, status), for the population gauges.
+    population: HashMap<(AgentType, Status), usize>,
 }
 
 /// A ranked discover whose smallest capability set is at most this big
@@ -139,6 +141,10 @@ impl Index {
         }
         self.by_list_order.insert(list_key(&agent), agent.clone());
         self.by_rank[rank_slot(agent.status)].insert(RankKey::of(&agent), agent.clone());
+        *self
+            .population
+            .entry((agent.agent_type, agent.status))
+            .or_insert(0) += 1;
         self.agents.insert(agent.id, agent);
     }
 
@@ -160,6 +166,9 @@ impl Index {
         }
         self.by_list_order.remove(&list_key(old));
         self.by_rank[rank_slot(old.status)].remove(&RankKey::of(old));
+        if let Some(n) = self.population.get_mut(&(old.agent_type, old.status)) {
+            *n = n.saturating_sub(1);
+        }
     }
 
     /// Size of the smallest capability set of `caps` (0 when one is absent).
@@ -271,6 +280,11 @@ impl View {
     /// Whether the view holds no agent.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Agents per (type, status).
+    pub fn population(&self) -> HashMap<(AgentType, Status), usize> {
+        self.read().population.clone()
     }
 
     /// Number of open watch streams.

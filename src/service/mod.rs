@@ -8,11 +8,15 @@ pub mod convert;
 pub mod status;
 mod streams;
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use tracing::instrument;
 
 use crate::{
@@ -24,6 +28,7 @@ use crate::{
         validate,
     },
     mailbox::Mailboxes,
+    metrics::{Counted, Metrics, result_label},
     pb::{self, service_registry_server::ServiceRegistry},
     store::{HeartbeatCommand, NotifyCommand, Ownership, RegisterCommand, Store},
     view::View,
@@ -49,6 +54,7 @@ pub struct RegistryService<S> {
     require_token: bool,
     /// Cancelled when the server stops: open streams end with UNAVAILABLE.
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 /// Parts of [`RegistryService`] fixed at start-up.
@@ -67,6 +73,8 @@ pub struct ServiceParts<S> {
     pub require_token: bool,
     /// Server shutdown signal.
     pub shutdown: CancellationToken,
+    /// Metric handles.
+    pub metrics: Arc<Metrics>,
 }
 
 impl<S: Store> RegistryService<S> {
@@ -80,6 +88,44 @@ impl<S: Store> RegistryService<S> {
             ttl: parts.ttl,
             require_token: parts.require_token,
             shutdown: parts.shutdown,
+            metrics: parts.metrics,
+        }
+    }
+
+    /// Runs one call: records its latency, counts its result (for the
+    /// counted RPCs), counts store failures, and completes the call's span
+    /// with its status code and duration.
+    async fn observe<T>(
+        &self,
+        operation: &'static str,
+        counted: Option<Counted>,
+        call: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = Instant::now();
+        let result = call.await;
+        let elapsed = started.elapsed();
+        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        self.metrics
+            .latency
+            .with_label_values(&[operation])
+            .observe(elapsed.as_secs_f64());
+        if let Some(op) = counted {
+            self.metrics.count(op, code);
+        }
+        if matches!(code, Code::Unavailable | Code::Internal) {
+            self.metrics.store_errors.inc();
+        }
+        let span = tracing::Span::current();
+        span.record("code", result_label(code));
+        span.record("duration_ms", elapsed.as_secs_f64() * 1e3);
+        tracing::debug!("call finished");
+        result
+    }
+
+    fn stream_context(&self) -> streams::StreamContext {
+        streams::StreamContext {
+            shutdown: self.shutdown.clone(),
+            aborted: self.metrics.streams_aborted.clone(),
         }
     }
 
@@ -90,8 +136,10 @@ impl<S: Store> RegistryService<S> {
         }
     }
 
-    /// New streams cannot promise completeness while the store is out of reach.
-    fn refuse_streams_while_unavailable(&self) -> Result<(), Status> {
+    /// A replica whose view does not follow a reachable store refuses writes
+    /// (it could not show the client its own write) and new streams (it
+    /// could not promise them completeness), before touching the store.
+    fn refuse_while_unavailable(&self) -> Result<(), Status> {
         if self.is_current() {
             Ok(())
         } else {
@@ -140,216 +188,250 @@ fn record_agent_id(id: &impl std::fmt::Display) {
 
 #[tonic::async_trait]
 impl<S: Store> ServiceRegistry for RegistryService<S> {
-    #[instrument(skip_all, fields(rpc = "Register", agent_id))]
+    #[instrument(skip_all, fields(rpc = "Register", agent_id, code, duration_ms))]
     async fn register(
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let (metadata, _, mut req) = request.into_parts();
-        let registration = convert::registration(&mut req, &self.ttl)?;
-        let agent_id = match req.agent_id.as_str() {
-            "" => None,
-            id => Some(validate::agent_id("agent_id", id)?),
-        };
-        let presented = match (
-            agent_id,
-            convert::presented_token(req.registration_token, &metadata),
-        ) {
-            (Some(_), Some(token)) => Some(Token::from_client(token.expose().to_owned())?),
-            _ => None,
-        };
-        let cmd = RegisterCommand {
-            registration,
-            agent_id,
-            presented,
-            require_token: self.require_token,
-            fresh_token: Token::mint()?,
-        };
-        let registered = self.store.register(cmd, self.clock.now()).await?;
-        record_agent_id(&registered.agent.id);
-        self.settle(registered.revision).await;
-        let ttl = registered.agent.ttl_secs;
-        Ok(Response::new(pb::RegisterResponse {
-            agent_id: registered.agent.id.to_string(),
-            registration_token: registered
-                .token
-                .map(|t| t.expose().to_owned())
-                .unwrap_or_default(),
-            registered_at: registered.agent.registered_at,
-            ttl_seconds: i32::try_from(ttl).unwrap_or(i32::MAX),
-            heartbeat_interval_seconds: i32::try_from((ttl / 3).max(1)).unwrap_or(i32::MAX),
-        }))
+        self.observe("register", Some(Counted::Register), async move {
+            let (metadata, _, mut req) = request.into_parts();
+            let registration = convert::registration(&mut req, &self.ttl)?;
+            let agent_id = match req.agent_id.as_str() {
+                "" => None,
+                id => Some(validate::agent_id("agent_id", id)?),
+            };
+            let presented = match (
+                agent_id,
+                convert::presented_token(req.registration_token, &metadata),
+            ) {
+                (Some(_), Some(token)) => Some(Token::from_client(token.expose().to_owned())?),
+                _ => None,
+            };
+            let cmd = RegisterCommand {
+                registration,
+                agent_id,
+                presented,
+                require_token: self.require_token,
+                fresh_token: Token::mint()?,
+            };
+            self.refuse_while_unavailable()?;
+            let registered = self.store.register(cmd, self.clock.now()).await?;
+            record_agent_id(&registered.agent.id);
+            self.settle(registered.revision).await;
+            let ttl = registered.agent.ttl_secs;
+            Ok(Response::new(pb::RegisterResponse {
+                agent_id: registered.agent.id.to_string(),
+                registration_token: registered
+                    .token
+                    .map(|t| t.expose().to_owned())
+                    .unwrap_or_default(),
+                registered_at: registered.agent.registered_at,
+                ttl_seconds: i32::try_from(ttl).unwrap_or(i32::MAX),
+                heartbeat_interval_seconds: i32::try_from((ttl / 3).max(1)).unwrap_or(i32::MAX),
+            }))
+        })
+        .await
     }
 
-    #[instrument(skip_all, fields(rpc = "Heartbeat", agent_id))]
+    #[instrument(skip_all, fields(rpc = "Heartbeat", agent_id, code, duration_ms))]
     async fn heartbeat(
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let (metadata, _, req) = request.into_parts();
-        let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
-        record_agent_id(&agent_id);
-        let telemetry = req.telemetry.map(convert::telemetry).transpose()?;
-        let owner = self.owner(convert::presented_token(req.registration_token, &metadata));
-        let cmd = HeartbeatCommand {
-            agent_id,
-            owner,
-            telemetry,
-        };
-        let done = self.store.heartbeat(cmd, self.clock.now()).await?;
-        self.settle(done.revision).await;
-        Ok(Response::new(pb::HeartbeatResponse {
-            status: done.agent.status as i32,
-            last_seen: done.agent.last_seen(),
-            expires_at: done.agent.expires_at(),
-        }))
+        self.observe("heartbeat", Some(Counted::Heartbeat), async move {
+            let (metadata, _, req) = request.into_parts();
+            let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
+            record_agent_id(&agent_id);
+            let telemetry = req.telemetry.map(convert::telemetry).transpose()?;
+            let owner = self.owner(convert::presented_token(req.registration_token, &metadata));
+            let cmd = HeartbeatCommand {
+                agent_id,
+                owner,
+                telemetry,
+            };
+            self.refuse_while_unavailable()?;
+            let done = self.store.heartbeat(cmd, self.clock.now()).await?;
+            self.settle(done.revision).await;
+            Ok(Response::new(pb::HeartbeatResponse {
+                status: done.agent.status as i32,
+                last_seen: done.agent.last_seen(),
+                expires_at: done.agent.expires_at(),
+            }))
+        })
+        .await
     }
 
-    #[instrument(skip_all, fields(rpc = "Deregister", agent_id))]
+    #[instrument(skip_all, fields(rpc = "Deregister", agent_id, code, duration_ms))]
     async fn deregister(
         &self,
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
-        let (metadata, _, req) = request.into_parts();
-        let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
-        record_agent_id(&agent_id);
-        let owner = self.owner(convert::presented_token(req.registration_token, &metadata));
-        let removed = self
-            .store
-            .deregister(agent_id, owner, self.clock.now())
-            .await?;
-        if let Some(revision) = removed {
-            self.settle(revision).await;
-        }
-        Ok(Response::new(pb::DeregisterResponse {
-            success: removed.is_some(),
-        }))
+        self.observe("deregister", Some(Counted::Deregister), async move {
+            let (metadata, _, req) = request.into_parts();
+            let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
+            record_agent_id(&agent_id);
+            let owner = self.owner(convert::presented_token(req.registration_token, &metadata));
+            self.refuse_while_unavailable()?;
+            let removed = self
+                .store
+                .deregister(agent_id, owner, self.clock.now())
+                .await?;
+            if let Some(revision) = removed {
+                self.settle(revision).await;
+            }
+            Ok(Response::new(pb::DeregisterResponse {
+                success: removed.is_some(),
+            }))
+        })
+        .await
     }
 
-    #[instrument(skip_all, fields(rpc = "DiscoverAgents"))]
+    #[instrument(skip_all, fields(rpc = "DiscoverAgents", code, duration_ms))]
     async fn discover_agents(
         &self,
         request: Request<pb::DiscoverRequest>,
     ) -> Result<Response<pb::DiscoverResponse>, Status> {
-        let query = convert::discover_query(request.into_inner())?;
-        let agents = self.view.discover(&query);
-        Ok(self.read_response(pb::DiscoverResponse {
-            agents: agents.iter().map(|a| convert::agent_info(a)).collect(),
-            ranked: query.strategy == crate::domain::query::Strategy::Ranked,
-        }))
+        self.observe("discover_agents", Some(Counted::Discover), async move {
+            let query = convert::discover_query(request.into_inner())?;
+            let agents = self.view.discover(&query);
+            Ok(self.read_response(pb::DiscoverResponse {
+                agents: agents.iter().map(|a| convert::agent_info(a)).collect(),
+                ranked: query.strategy == crate::domain::query::Strategy::Ranked,
+            }))
+        })
+        .await
     }
 
-    #[instrument(skip_all, fields(rpc = "GetAgent", agent_id))]
+    #[instrument(skip_all, fields(rpc = "GetAgent", agent_id, code, duration_ms))]
     async fn get_agent(
         &self,
         request: Request<pb::GetAgentRequest>,
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
-        let agent_id = validate::agent_id("agent_id", &request.get_ref().agent_id)?;
-        record_agent_id(&agent_id);
-        let agent = self
-            .view
-            .get(agent_id)
-            .ok_or(crate::domain::Error::NotFound(agent_id))?;
-        Ok(self.read_response(pb::GetAgentResponse {
-            agent: Some(convert::agent_info(&agent)),
-        }))
+        self.observe("get_agent", None, async move {
+            let agent_id = validate::agent_id("agent_id", &request.get_ref().agent_id)?;
+            record_agent_id(&agent_id);
+            let agent = self
+                .view
+                .get(agent_id)
+                .ok_or(crate::domain::Error::NotFound(agent_id))?;
+            Ok(self.read_response(pb::GetAgentResponse {
+                agent: Some(convert::agent_info(&agent)),
+            }))
+        })
+        .await
     }
 
-    #[instrument(skip_all, fields(rpc = "ListAgents"))]
+    #[instrument(skip_all, fields(rpc = "ListAgents", code, duration_ms))]
     async fn list_agents(
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        let req = request.into_inner();
-        let filter = convert::filter(req.agent_type, req.filters)?;
-        let page_size = validate::page_size(req.page_size)?;
-        let after = match req.page_token.as_str() {
-            "" => None,
-            token => Some(decode_page_token(token, &filter)?),
-        };
-        let (agents, next) = self.view.list(&filter, after, page_size);
-        Ok(self.read_response(pb::ListAgentsResponse {
-            agents: agents.iter().map(|a| convert::agent_info(a)).collect(),
-            next_page_token: next
-                .map(|key| encode_page_token(key, &filter))
-                .unwrap_or_default(),
-        }))
+        self.observe("list_agents", None, async move {
+            let req = request.into_inner();
+            let filter = convert::filter(req.agent_type, req.filters)?;
+            let page_size = validate::page_size(req.page_size)?;
+            let after = match req.page_token.as_str() {
+                "" => None,
+                token => Some(decode_page_token(token, &filter)?),
+            };
+            let (agents, next) = self.view.list(&filter, after, page_size);
+            Ok(self.read_response(pb::ListAgentsResponse {
+                agents: agents.iter().map(|a| convert::agent_info(a)).collect(),
+                next_page_token: next
+                    .map(|key| encode_page_token(key, &filter))
+                    .unwrap_or_default(),
+            }))
+        })
+        .await
     }
 
     type WatchAgentsStream = ResponseStream<pb::AgentChangeEvent>;
 
-    #[instrument(skip_all, fields(rpc = "WatchAgents"))]
+    #[instrument(skip_all, fields(rpc = "WatchAgents", code, duration_ms))]
     async fn watch_agents(
         &self,
         request: Request<pb::WatchAgentsRequest>,
     ) -> Result<Response<Self::WatchAgentsStream>, Status> {
-        let mut req = request.into_inner();
-        let selection = convert::watch_selection(&mut req)?;
-        self.refuse_streams_while_unavailable()?;
-        let watch = self.view.watch(selection, req.send_initial_snapshot);
-        let stream = streams::watch(
-            watch,
-            req.send_initial_snapshot,
-            self.clock.clone(),
-            self.shutdown.clone(),
-        );
-        Ok(Response::new(stream))
+        self.observe("watch_agents", None, async move {
+            let mut req = request.into_inner();
+            let selection = convert::watch_selection(&mut req)?;
+            self.refuse_while_unavailable()?;
+            let watch = self.view.watch(selection, req.send_initial_snapshot);
+            let stream = streams::watch(
+                watch,
+                req.send_initial_snapshot,
+                self.clock.clone(),
+                self.stream_context(),
+            );
+            Ok(Response::new(stream))
+        })
+        .await
     }
 
-    #[instrument(skip_all, fields(rpc = "NotifyAgent", agent_id))]
+    #[instrument(skip_all, fields(rpc = "NotifyAgent", agent_id, code, duration_ms))]
     async fn notify_agent(
         &self,
         request: Request<pb::NotifyAgentRequest>,
     ) -> Result<Response<pb::NotifyAgentResponse>, Status> {
-        let req = request.into_inner();
-        let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
-        record_agent_id(&agent_id);
-        let cmd = NotifyCommand {
-            agent_id,
-            kind: validate::notification_type(req.notification_type)?,
-            message: validate::message(req.message)?,
-            metadata: validate::metadata("metadata", req.metadata)?,
-        };
-        let notified = self.store.notify(cmd, self.clock.now()).await?;
-        let notification = notified.notification;
-        let delivered = match notified.receivers {
-            Some(receivers) => receivers > 0,
-            None => self.mailboxes.subscriber_count(agent_id) > 0,
-        };
-        Ok(Response::new(pb::NotifyAgentResponse {
-            success: true,
-            error: String::new(),
-            notification_id: notification.id.to_string(),
-            delivered,
-        }))
+        self.observe("notify_agent", Some(Counted::Notify), async move {
+            let req = request.into_inner();
+            let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
+            record_agent_id(&agent_id);
+            let cmd = NotifyCommand {
+                agent_id,
+                kind: validate::notification_type(req.notification_type)?,
+                message: validate::message(req.message)?,
+                metadata: validate::metadata("metadata", req.metadata)?,
+            };
+            self.refuse_while_unavailable()?;
+            let notified = self.store.notify(cmd, self.clock.now()).await?;
+            let notification = notified.notification;
+            let delivered = match notified.receivers {
+                Some(receivers) => receivers > 0,
+                None => self.mailboxes.subscriber_count(agent_id) > 0,
+            };
+            Ok(Response::new(pb::NotifyAgentResponse {
+                success: true,
+                error: String::new(),
+                notification_id: notification.id.to_string(),
+                delivered,
+            }))
+        })
+        .await
     }
 
     type SubscribeNotificationsStream = ResponseStream<pb::AgentNotification>;
 
-    #[instrument(skip_all, fields(rpc = "SubscribeNotifications", agent_id))]
+    #[instrument(
+        skip_all,
+        fields(rpc = "SubscribeNotifications", agent_id, code, duration_ms)
+    )]
     async fn subscribe_notifications(
         &self,
         request: Request<pb::SubscribeNotificationsRequest>,
     ) -> Result<Response<Self::SubscribeNotificationsStream>, Status> {
-        let (metadata, _, req) = request.into_parts();
-        let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
-        record_agent_id(&agent_id);
-        let after = validate::after_notification_id(&req.after_notification_id)?;
-        let owner = self.owner(convert::presented_token(req.registration_token, &metadata));
-        self.refuse_streams_while_unavailable()?;
-        // Subscribe first, then read the backlog: nothing falls in between.
-        let interest = self.store.watch_mailbox(agent_id).await?;
-        let subscription = self.mailboxes.subscribe(agent_id);
-        let notifications = self.store.open_mailbox(agent_id, owner, after).await?;
-        let backlog = streams::Backlog {
-            after: after.unwrap_or(0),
-            notifications,
-        };
-        Ok(Response::new(streams::notifications(
-            backlog,
-            subscription,
-            interest,
-            self.shutdown.clone(),
-        )))
+        self.observe("subscribe_notifications", None, async move {
+            let (metadata, _, req) = request.into_parts();
+            let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
+            record_agent_id(&agent_id);
+            let after = validate::after_notification_id(&req.after_notification_id)?;
+            let owner = self.owner(convert::presented_token(req.registration_token, &metadata));
+            self.refuse_while_unavailable()?;
+            // Subscribe first, then read the backlog: nothing falls in between.
+            let interest = self.store.watch_mailbox(agent_id).await?;
+            let subscription = self.mailboxes.subscribe(agent_id);
+            let notifications = self.store.open_mailbox(agent_id, owner, after).await?;
+            let backlog = streams::Backlog {
+                after: after.unwrap_or(0),
+                notifications,
+            };
+            Ok(Response::new(streams::notifications(
+                backlog,
+                subscription,
+                interest,
+                self.stream_context(),
+            )))
+        })
+        .await
     }
 }

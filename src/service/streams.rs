@@ -7,21 +7,52 @@
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
 
 use super::{ResponseStream, convert, status};
 use crate::{
     domain::{Notification, clock::Clock},
     mailbox::Subscription,
+    outbox::StreamEnd,
     pb,
     view::Watch,
 };
+
+/// What every stream needs besides its data.
+#[derive(Clone)]
+pub struct StreamContext {
+    /// Cancelled when the server stops: the stream ends with UNAVAILABLE.
+    pub shutdown: CancellationToken,
+    /// Counts streams ended with ABORTED.
+    pub aborted: prometheus::IntCounter,
+}
+
+impl StreamContext {
+    /// The next item of `source`, or the status the stream ends with.
+    async fn next<T>(
+        &self,
+        source: impl Future<Output = Result<T, StreamEnd>>,
+    ) -> Result<T, Status> {
+        let next = tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => Err(status::shutting_down()),
+            item = source => item.map_err(status::stream_end),
+        };
+        if let Err(status) = &next
+            && status.code() == Code::Aborted
+        {
+            self.aborted.inc();
+        }
+        next
+    }
+}
 
 /// The WatchAgents stream of `watch`.
 pub fn watch(
     watch: Watch,
     with_snapshot: bool,
     clock: Arc<dyn Clock>,
-    shutdown: CancellationToken,
+    context: StreamContext,
 ) -> ResponseStream<pb::AgentChangeEvent> {
     Box::pin(async_stream::stream! {
         let Watch { snapshot, revision, mut events, guard } = watch;
@@ -35,12 +66,7 @@ pub fn watch(
         }
         drop(snapshot);
         loop {
-            let next = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => Err(status::shutting_down()),
-                event = events.recv() => event.map_err(status::stream_end),
-            };
-            match next {
+            match context.next(events.recv()).await {
                 Ok(event) => yield Ok(convert::change_event(&event)),
                 Err(status) => {
                     yield Err(status);
@@ -66,7 +92,7 @@ pub fn notifications<I: Send + 'static>(
     backlog: Backlog,
     subscription: Subscription,
     interest: I,
-    shutdown: CancellationToken,
+    context: StreamContext,
 ) -> ResponseStream<pb::AgentNotification> {
     Box::pin(async_stream::stream! {
         let _interest = interest;
@@ -78,12 +104,7 @@ pub fn notifications<I: Send + 'static>(
             yield Ok(convert::notification(&n));
         }
         loop {
-            let next = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => Err(status::shutting_down()),
-                n = inbox.recv() => n.map_err(status::stream_end),
-            };
-            match next {
+            match context.next(inbox.recv()).await {
                 Ok(n) if n.id <= last => continue,
                 Ok(n) => {
                     last = n.id;

@@ -157,6 +157,8 @@ pub fn free_port() -> u16 {
 pub struct TestServer {
     /// Where its gRPC endpoint listens (127.0.0.1, a free port).
     pub addr: SocketAddr,
+    /// Where its HTTP endpoint (/metrics, /healthz, /readyz) listens.
+    pub metrics_addr: SocketAddr,
     /// The backend it runs on.
     pub backend: Backend,
     /// The Redis it owns (Backend::Redis started with [`TestServer::start`]).
@@ -228,6 +230,7 @@ impl TestServer {
         let running = server::start(settings).await.unwrap();
         let server = Self {
             addr: running.grpc_addr(),
+            metrics_addr: running.metrics_addr(),
             backend,
             redis: None,
             running: Some(running),
@@ -253,6 +256,14 @@ impl TestServer {
         ServiceRegistryClient::connect(self.endpoint())
             .await
             .unwrap()
+    }
+
+    /// Cancels the server's shutdown token (SIGTERM's effect) without
+    /// waiting; see [`TestServer::stop`] to wait.
+    pub fn begin_shutdown(&self) {
+        if let Some(running) = &self.running {
+            running.shutdown_token().cancel();
+        }
     }
 
     /// Stops the server gracefully and waits for it (its own Redis, if

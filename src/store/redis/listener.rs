@@ -9,7 +9,7 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -30,7 +30,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often an idle connection is pinged, to notice a dead peer.
 const PING_EVERY: Duration = Duration::from_millis(500);
 /// Longest wait between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// Mailbox channels waiting to be unsubscribed; beyond it they stay
 /// subscribed until the next reconnection (harmless).
 const RELEASE_QUEUE: usize = 1024;
@@ -54,6 +54,8 @@ pub struct Listener {
     /// Agents whose last subscriber left, for the listener to unsubscribe.
     release: mpsc::Sender<AgentId>,
     release_rx: Mutex<Option<mpsc::Receiver<AgentId>>>,
+    /// The store's highest seen revision, raised by every change received.
+    highest: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +104,7 @@ impl Listener {
         client: redis::Client,
         keys: Keys,
         feed: broadcast::Sender<FeedMessage>,
+        highest: Arc<AtomicU64>,
     ) -> Arc<Self> {
         let (release, release_rx) = mpsc::channel(RELEASE_QUEUE);
         Arc::new(Self {
@@ -113,6 +116,7 @@ impl Listener {
             interests: Mutex::new(HashMap::new()),
             release,
             release_rx: Mutex::new(Some(release_rx)),
+            highest,
         })
     }
 
@@ -289,7 +293,10 @@ impl Listener {
         let channel = message.get_channel_name();
         let payload = message.get_payload_bytes();
         let decoded = if channel == self.keys.changes_channel() {
-            codec::decode_change(payload).map(|(change, _)| FeedMessage::Change(change))
+            codec::decode_change(payload).map(|(change, _)| {
+                self.highest.fetch_max(change.revision, Ordering::AcqRel);
+                FeedMessage::Change(change)
+            })
         } else if channel.starts_with(&self.keys.mailbox_channel_prefix()) {
             codec::decode_notification(payload).map(|n| FeedMessage::Notification(Arc::new(n)))
         } else {

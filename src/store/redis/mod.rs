@@ -18,7 +18,7 @@ mod scripts;
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -83,6 +83,10 @@ pub struct RedisStore {
     grace_ms: i64,
     /// Whether the last command reached Redis.
     commands_ok: AtomicBool,
+    /// The highest revision this replica has seen (replies, feed,
+    /// snapshots); passed to every script as a floor, so revisions never go
+    /// backwards even if Redis comes back from an older snapshot.
+    highest: Arc<AtomicU64>,
 }
 
 fn unavailable(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
@@ -216,7 +220,8 @@ impl RedisStore {
             })?;
         let keys = Keys::new(&config.prefix);
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
-        let listener = Listener::new(client, keys.clone(), feed.clone());
+        let highest = Arc::new(AtomicU64::new(0));
+        let listener = Listener::new(client, keys.clone(), feed.clone(), highest.clone());
         Ok(Self {
             pool,
             keys,
@@ -225,6 +230,7 @@ impl RedisStore {
             feed,
             grace_ms: i64::try_from(config.removal_grace.as_millis()).unwrap_or(i64::MAX / 4),
             commands_ok: AtomicBool::new(false),
+            highest,
         })
     }
 
@@ -234,6 +240,14 @@ impl RedisStore {
         shutdown: CancellationToken,
     ) -> impl Future<Output = ()> + Send + 'static {
         self.listener.clone().run(shutdown)
+    }
+
+    fn floor(&self) -> u64 {
+        self.highest.load(Ordering::Acquire)
+    }
+
+    fn saw(&self, revision: Revision) {
+        self.highest.fetch_max(revision, Ordering::AcqRel);
     }
 
     /// Runs one script invocation, bounded by [`COMMAND_TIMEOUT`].
@@ -318,7 +332,8 @@ impl Store for RedisStore {
                 .arg(fresh.as_str())
                 .arg(self.keys.changes_channel())
                 .arg(safety)
-                .arg(zero_tel.as_str());
+                .arg(zero_tel.as_str())
+                .arg(self.floor());
             let reply = items(self.invoke(invocation).await?)?;
             if reply.first().map(bytes).transpose()? == Some(b"CONFLICT".as_slice()) {
                 continue; // a fresh UUIDv4 collided: draw another
@@ -326,6 +341,7 @@ impl Store for RedisStore {
             check(&reply, id)?;
             let created = reply.get(1).map(bytes).transpose()? == Some(b"REGISTERED".as_slice());
             let (agent, revision) = agent_of(reply.get(2).ok_or_else(|| internal("short reply"))?)?;
+            self.saw(revision);
             let token = match (created, cmd.presented) {
                 (true, None) => Some(cmd.fresh_token),
                 (_, presented) => presented,
@@ -357,7 +373,8 @@ impl Store for RedisStore {
             .arg(token_arg(&cmd.owner))
             .arg(flag(cmd.owner.required))
             .arg(self.keys.changes_channel())
-            .arg(SAFETY_NET_MS + self.grace_ms);
+            .arg(SAFETY_NET_MS + self.grace_ms)
+            .arg(self.floor());
         let reply = items(self.invoke(invocation).await?)?;
         check(&reply, cmd.agent_id)?;
         let last = reply
@@ -365,6 +382,7 @@ impl Store for RedisStore {
             .filter(|_| reply.len() > 1)
             .ok_or_else(|| internal("short reply"))?;
         let (change, _) = codec::decode_change(bytes(last)?)?;
+        self.saw(change.revision);
         Ok(Heartbeaten {
             agent: change.agent,
             revision: change.revision,
@@ -388,13 +406,15 @@ impl Store for RedisStore {
             .arg(now)
             .arg(token_arg(&owner))
             .arg(flag(owner.required))
-            .arg(self.keys.changes_channel());
+            .arg(self.keys.changes_channel())
+            .arg(self.floor());
         let reply = items(self.invoke(invocation).await?)?;
         if reply.first().map(bytes).transpose()? == Some(b"NONE".as_slice()) {
             return Ok(None);
         }
         check(&reply, agent_id)?;
         let (_, revision) = agent_of(reply.get(1).ok_or_else(|| internal("short reply"))?)?;
+        self.saw(revision);
         Ok(Some(revision))
     }
 
@@ -412,7 +432,8 @@ impl Store for RedisStore {
             .arg(self.keys.agent_prefix())
             .arg(self.keys.backlog_prefix())
             .arg(self.keys.changes_channel())
-            .arg(FENCING_THRESHOLD_MS);
+            .arg(FENCING_THRESHOLD_MS)
+            .arg(self.floor());
         let reply = items(self.invoke(invocation).await?)?;
         let [overdue, expired, next_due, shifted] = reply.as_slice() else {
             return Err(internal("short reaper reply"));
@@ -497,19 +518,19 @@ impl Store for RedisStore {
             .key(self.keys.agents())
             .arg(self.keys.agent_prefix())
             // Only to seed the revision of an empty store; not a deadline.
-            .arg(SystemClock.now());
+            .arg(SystemClock.now())
+            .arg(self.floor());
         let reply = items(self.invoke(invocation).await?)?;
         let revision = reply.first().map(int).transpose()?.unwrap_or(0);
+        let revision = u64::try_from(revision).unwrap_or(0);
+        self.saw(revision);
         let mut agents = Vec::with_capacity(reply.len().saturating_sub(1));
         for record in reply.iter().skip(1) {
             let (change, _) = codec::decode_change(bytes(record)?)?;
             debug_assert_eq!(change.kind, ChangeKind::Touched);
             agents.push(change.agent);
         }
-        Ok(Snapshot {
-            revision: u64::try_from(revision).unwrap_or(0),
-            agents,
-        })
+        Ok(Snapshot { revision, agents })
     }
 
     async fn subscribe(&self) -> Result<Feed> {

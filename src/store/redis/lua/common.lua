@@ -38,12 +38,17 @@ end
 -- Records a change of the agent at `key`: takes the next revision, stamps it
 -- on the record unless the change is a keep-alive, publishes the change and
 -- returns the published message.
-local function emit(rev_key, channel, key, id, kind, prev, now)
+--
+-- `floor` is the highest revision the calling replica has seen. Should the
+-- counter be behind it (Redis restarted from an older snapshot), or missing
+-- (a new or wiped store: seeded from the clock, ms * 1000, exact below 2^53),
+-- it jumps ahead, so revisions never go backwards for any client.
+local function emit(rev_key, channel, key, id, kind, prev, now, floor)
   local rev = redis.call('INCR', rev_key)
-  if rev == 1 then
-    -- A store without a revision (new, or its data was lost): start from the
-    -- clock, so revisions keep growing across a data loss (ms * 1000 stays
-    -- below 2^53, exact in a Lua number).
+  if rev <= floor then
+    rev = floor + 1
+    redis.call('SET', rev_key, int(rev))
+  elseif rev == 1 then
     rev = now * 1000 + 1
     redis.call('SET', rev_key, int(rev))
   end

@@ -2,9 +2,10 @@
 -- KEYS: 1 due, 2 rev, 3 agents set, 4 clock, 5 shift
 -- ARGV: 1 now ms, 2 removal grace ms, 3 most transitions per pass,
 --       4 agent key prefix, 5 backlog key prefix, 6 changes channel,
---       7 fencing threshold ms
+--       7 fencing threshold ms, 8 revision floor
 -- Returns {overdue, expired, next due ms or -1, shifted ms}.
 local now, grace, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local floor = tonumber(ARGV[8])
 
 -- Outage fencing: the clock is the last time a reaper pass ran. A longer
 -- silence means heartbeats could not be recorded (store unreachable, or no
@@ -31,7 +32,7 @@ for i = 1, #due, 2 do
     redis.call('SREM', KEYS[3], id)
     redis.call('DEL', ARGV[5] .. id)
   elseif redis.call('HGET', key, 'od') == '1' then
-    emit(KEYS[2], ARGV[6], key, id, 'EXPIRED', '0', now)
+    emit(KEYS[2], ARGV[6], key, id, 'EXPIRED', '0', now, floor)
     redis.call('DEL', key, ARGV[5] .. id)
     redis.call('ZREM', KEYS[1], id)
     redis.call('SREM', KEYS[3], id)
@@ -41,7 +42,7 @@ for i = 1, #due, 2 do
     redis.call('HSET', key, 'od', '1', 'st', '2')
     redis.call('ZADD', KEYS[1], score + grace, id)
     if st ~= '2' then
-      emit(KEYS[2], ARGV[6], key, id, 'STATUS_CHANGED', st, now)
+      emit(KEYS[2], ARGV[6], key, id, 'STATUS_CHANGED', st, now, floor)
     end
     overdue = overdue + 1
   end

@@ -1,6 +1,7 @@
 -- KEYS: 1 agent, 2 due, 3 rev, 4 shift
 -- ARGV: 1 id, 2 now ms, 3 tel ('' = none given), 4 tst, 5 presented token
---       hash, 6 token required, 7 changes channel, 8 safety-net expiry ms
+--       hash, 6 token required, 7 changes channel, 8 safety-net expiry ms,
+--       9 revision floor
 -- Returns {'OK', message...} (one message per change) or {error code}.
 local key, id, now = KEYS[1], ARGV[1], tonumber(ARGV[2])
 if redis.call('EXISTS', key) == 0 then
@@ -24,12 +25,12 @@ redis.call('ZADD', KEYS[2], ls + ttl_ms - shift_of(KEYS[4]), id)
 redis.call('PEXPIRE', key, ttl_ms + tonumber(ARGV[8]))
 local out = { 'OK' }
 if changed then
-  table.insert(out, emit(KEYS[3], ARGV[7], key, id, 'UPDATED', '0', now))
+  table.insert(out, emit(KEYS[3], ARGV[7], key, id, 'UPDATED', '0', now, tonumber(ARGV[9])))
 end
 if tst ~= cur[3] then
-  table.insert(out, emit(KEYS[3], ARGV[7], key, id, 'STATUS_CHANGED', cur[3], now))
+  table.insert(out, emit(KEYS[3], ARGV[7], key, id, 'STATUS_CHANGED', cur[3], now, tonumber(ARGV[9])))
 end
 if #out == 1 then
-  table.insert(out, emit(KEYS[3], ARGV[7], key, id, 'TOUCHED', '0', now))
+  table.insert(out, emit(KEYS[3], ARGV[7], key, id, 'TOUCHED', '0', now, tonumber(ARGV[9])))
 end
 return out

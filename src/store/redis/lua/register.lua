@@ -3,7 +3,7 @@
 --       4 reg, 5 tel ('' = none given), 6 tst, 7 ttl s, 8 presented token
 --       hash ('' = none), 9 token required ('1'/'0'), 10 fresh token hash,
 --       11 changes channel, 12 safety-net expiry ms, 13 telemetry blob of
---       an agent that never reported any
+--       an agent that never reported any, 14 revision floor
 -- Returns {'OK', kind, message} or {error code}.
 local key, id, now = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local tel, tst = ARGV[5], ARGV[6]
@@ -40,4 +40,4 @@ end
 local ttl_ms = tonumber(ARGV[7]) * 1000
 redis.call('ZADD', KEYS[2], now + ttl_ms - shift_of(KEYS[5]), id)
 redis.call('PEXPIRE', key, ttl_ms + tonumber(ARGV[12]))
-return { 'OK', kind, emit(KEYS[3], ARGV[11], key, id, kind, '0', now) }
+return { 'OK', kind, emit(KEYS[3], ARGV[11], key, id, kind, '0', now, tonumber(ARGV[14])) }

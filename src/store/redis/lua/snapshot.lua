@@ -1,12 +1,17 @@
 -- Every agent at one revision, for a replica (re)building its view.
 -- KEYS: 1 rev, 2 agents set
--- ARGV: 1 agent key prefix, 2 now ms
+-- ARGV: 1 agent key prefix, 2 now ms, 3 revision floor
 -- Returns {revision, record message...} (records packed as changes of kind
 -- SNAPSHOT).
 local rev = redis.call('GET', KEYS[1])
 if not rev then
   -- Seed an empty store's revision from the clock (see emit in common.lua).
   rev = int(tonumber(ARGV[2]) * 1000)
+  redis.call('SET', KEYS[1], rev)
+end
+if tonumber(rev) < tonumber(ARGV[3]) then
+  -- Restored from an older snapshot: never let revisions go backwards.
+  rev = ARGV[3]
   redis.call('SET', KEYS[1], rev)
 end
 local out = { rev }

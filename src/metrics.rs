@@ -1,0 +1,241 @@
+//! Prometheus metrics (BEHAVIOUR.md §6), all prefixed `service_registry_`.
+//! Built once by the server and passed down; counters are updated on the hot
+//! path without any lock, and the population gauges are read from the view
+//! when scraped, so every replica reports the whole population.
+//!
+//! Depends on: prometheus, domain (label names), view, mailbox.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tonic::Code;
+
+use crate::{
+    domain::{AgentType, ChangeKind, Status},
+    mailbox::Mailboxes,
+    view::View,
+};
+
+const NAMESPACE: &str = "service_registry";
+
+/// Every metric of the registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Agents by type and status (set from the view at scrape time).
+    pub agents: IntGaugeVec,
+    /// Register calls by result.
+    pub register: IntCounterVec,
+    /// Heartbeat calls by result.
+    pub heartbeat: IntCounterVec,
+    /// Deregister calls by result.
+    pub deregister: IntCounterVec,
+    /// DiscoverAgents calls by result.
+    pub discover: IntCounterVec,
+    /// NotifyAgent calls by result.
+    pub notify: IntCounterVec,
+    /// Call latency by operation.
+    pub latency: HistogramVec,
+    /// Open WatchAgents streams (set at scrape time).
+    pub watchers: IntGauge,
+    /// Open SubscribeNotifications streams (set at scrape time).
+    pub subscribers: IntGauge,
+    /// Changes applied by this replica's view, by event type.
+    pub events: IntCounterVec,
+    /// Agents this replica's reaper removed.
+    pub expired: IntCounter,
+    /// Store calls that failed (unreachable or broken store).
+    pub store_errors: IntCounter,
+    /// Watch and notification streams ended with ABORTED.
+    pub streams_aborted: IntCounter,
+}
+
+/// The RPCs whose calls are counted by result.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Counted {
+    /// Register.
+    Register,
+    /// Heartbeat.
+    Heartbeat,
+    /// Deregister.
+    Deregister,
+    /// DiscoverAgents.
+    Discover,
+    /// NotifyAgent.
+    Notify,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    ///
+    /// # Errors
+    /// Only if two metrics had the same name (a bug).
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help).namespace(NAMESPACE), &["result"])?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let metrics = Self {
+            register: counter(
+                "register_total",
+                "Register calls by result (ok or gRPC code)",
+            )?,
+            heartbeat: counter("heartbeat_total", "Heartbeat calls by result")?,
+            deregister: counter("deregister_total", "Deregister calls by result")?,
+            discover: counter("discover_total", "DiscoverAgents calls by result")?,
+            notify: counter("notify_total", "NotifyAgent calls by result")?,
+            agents: IntGaugeVec::new(
+                Opts::new("agents_total", "Registered agents by type and status")
+                    .namespace(NAMESPACE),
+                &["agent_type", "status"],
+            )?,
+            latency: HistogramVec::new(
+                HistogramOpts::new("latency_seconds", "Call latency by operation")
+                    .namespace(NAMESPACE)
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    ]),
+                &["operation"],
+            )?,
+            watchers: IntGauge::with_opts(
+                Opts::new("watchers", "Open WatchAgents streams").namespace(NAMESPACE),
+            )?,
+            subscribers: IntGauge::with_opts(
+                Opts::new("subscribers", "Open SubscribeNotifications streams")
+                    .namespace(NAMESPACE),
+            )?,
+            events: IntCounterVec::new(
+                Opts::new(
+                    "events_total",
+                    "Changes applied by this replica, by event type",
+                )
+                .namespace(NAMESPACE),
+                &["event_type"],
+            )?,
+            expired: IntCounter::with_opts(
+                Opts::new("expired_total", "Agents removed by this replica's reaper")
+                    .namespace(NAMESPACE),
+            )?,
+            store_errors: IntCounter::with_opts(
+                Opts::new("store_errors_total", "Store calls that failed").namespace(NAMESPACE),
+            )?,
+            streams_aborted: IntCounter::with_opts(
+                Opts::new(
+                    "watch_aborted_total",
+                    "Watch and notification streams ended with ABORTED",
+                )
+                .namespace(NAMESPACE),
+            )?,
+            registry,
+        };
+        for c in [
+            Box::new(metrics.agents.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.latency.clone()),
+            Box::new(metrics.watchers.clone()),
+            Box::new(metrics.subscribers.clone()),
+            Box::new(metrics.events.clone()),
+            Box::new(metrics.expired.clone()),
+            Box::new(metrics.store_errors.clone()),
+            Box::new(metrics.streams_aborted.clone()),
+        ] {
+            metrics.registry.register(c)?;
+        }
+        Ok(metrics)
+    }
+
+    /// Counts one finished call of `op` with its outcome.
+    pub fn count(&self, op: Counted, code: Code) {
+        let family = match op {
+            Counted::Register => &self.register,
+            Counted::Heartbeat => &self.heartbeat,
+            Counted::Deregister => &self.deregister,
+            Counted::Discover => &self.discover,
+            Counted::Notify => &self.notify,
+        };
+        family.with_label_values(&[result_label(code)]).inc();
+    }
+
+    /// Counts a change the view applied (keep-alives are not events).
+    pub fn count_event(&self, kind: ChangeKind) {
+        let label = match kind {
+            ChangeKind::Registered => "REGISTERED",
+            ChangeKind::Updated => "UPDATED",
+            ChangeKind::StatusChanged { .. } => "STATUS_CHANGED",
+            ChangeKind::Deregistered => "DEREGISTERED",
+            ChangeKind::Expired => "EXPIRED",
+            ChangeKind::Touched => return,
+        };
+        self.events.with_label_values(&[label]).inc();
+    }
+
+    /// The Prometheus text exposition, with the gauges read from `view` and
+    /// `mailboxes` now.
+    ///
+    /// # Errors
+    /// When encoding fails (a bug); the caller answers 500.
+    pub fn render(&self, view: &View, mailboxes: &Mailboxes) -> Result<String, prometheus::Error> {
+        let counts = view.population();
+        for agent_type in AgentType::ALL {
+            for status in Status::ALL {
+                let n = counts.get(&(agent_type, status)).copied().unwrap_or(0);
+                self.agents
+                    .with_label_values(&[agent_type.name(), status.name()])
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+        self.watchers
+            .set(i64::try_from(view.watcher_count()).unwrap_or(i64::MAX));
+        self.subscribers
+            .set(i64::try_from(mailboxes.total()).unwrap_or(i64::MAX));
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+/// `ok`, or the gRPC code's name as in `INVALID_ARGUMENT`.
+pub fn result_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_labelled_by_result() {
+        let metrics = Metrics::new().unwrap();
+        metrics.count(Counted::Register, Code::Ok);
+        metrics.count(Counted::Register, Code::InvalidArgument);
+        let text = metrics.render(&View::new(), &Mailboxes::new()).unwrap();
+        assert!(text.contains("service_registry_register_total{result=\"ok\"} 1"));
+        assert!(text.contains("service_registry_register_total{result=\"INVALID_ARGUMENT\"} 1"));
+        assert!(
+            text.contains(
+                "service_registry_agents_total{agent_type=\"WORKER\",status=\"HEALTHY\"} 0"
+            )
+        );
+        assert!(text.contains("service_registry_watchers 0"));
+    }
+}
