@@ -21,6 +21,9 @@ async fn main() -> ExitCode {
         }
     };
     install_logging(settings.log_format);
+    // rediss:// uses rustls; name its crypto provider once for the process.
+    // An error means one is installed already, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let running = match server::start(settings).await {
         Ok(running) => running,
         Err(error @ server::StartError::Config { .. }) => {
