@@ -19,9 +19,11 @@
 //! - [`server`]: the composition root.
 //! - [`config`]: flags and environment variables.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the HTTP probes.
+//! - [`client`]: the Rust SDK (client, agent session, discovery cache).
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod feed;

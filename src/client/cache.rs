@@ -1,0 +1,284 @@
+//! A scheduler's local copy of the agents it may pick, kept by WatchAgents.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{sync::watch, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use super::{RegistryClient, backoff};
+use crate::{
+    domain::{
+        Agent, AgentType, Status, Telemetry,
+        query::{Strategy, order_discovered},
+    },
+    pb::{self, agent_change_event::EventType},
+};
+
+/// First wait before watching again; doubles up to [`RETRY_CAP`].
+const RETRY_BASE: Duration = Duration::from_millis(100);
+const RETRY_CAP: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default)]
+struct CacheState {
+    agents: HashMap<String, pb::AgentInfo>,
+    revision: u64,
+}
+
+/// Agents matching a watch selection, kept current in the background.
+///
+/// After any interruption (`ABORTED`, `UNAVAILABLE`, a dropped stream) it
+/// watches again with a fresh snapshot and replaces its contents at the
+/// snapshot's end, so it converges to the registry's set. Picks are local:
+/// no call per pick.
+#[derive(Debug)]
+pub struct DiscoveryCache {
+    state: Arc<RwLock<CacheState>>,
+    synced: watch::Receiver<bool>,
+    resyncs: Arc<AtomicU64>,
+    rotation: AtomicU64,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl DiscoveryCache {
+    /// Starts watching `selection` (its `send_initial_snapshot` is forced on).
+    pub fn start(client: RegistryClient, selection: pb::WatchAgentsRequest) -> Self {
+        let state = Arc::new(RwLock::new(CacheState::default()));
+        let (synced_tx, synced) = watch::channel(false);
+        let resyncs = Arc::new(AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(follow(
+            client,
+            pb::WatchAgentsRequest {
+                send_initial_snapshot: true,
+                ..selection
+            },
+            Follower {
+                state: state.clone(),
+                synced: synced_tx,
+                resyncs: resyncs.clone(),
+            },
+            stop.clone(),
+        ));
+        Self {
+            state,
+            synced,
+            resyncs,
+            rotation: AtomicU64::new(0),
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Waits until the cache holds a complete snapshot (at most `timeout`).
+    pub async fn wait_synced(&self, timeout: Duration) -> bool {
+        let mut synced = self.synced.clone();
+        matches!(
+            tokio::time::timeout(timeout, synced.wait_for(|s| *s)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Whether the cache follows the registry right now (false while it
+    /// re-watches; its contents are then the last known ones).
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// How many times the watch was interrupted and resumed with a snapshot.
+    pub fn resyncs(&self) -> u64 {
+        self.resyncs.load(Ordering::Relaxed)
+    }
+
+    /// Every cached agent, by id.
+    pub fn agents(&self) -> Vec<pb::AgentInfo> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let mut agents: Vec<pb::AgentInfo> = state.agents.values().cloned().collect();
+        agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        agents
+    }
+
+    /// The revision of the last change applied.
+    pub fn revision(&self) -> u64 {
+        self.state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .revision
+    }
+
+    /// One HEALTHY agent having all `capabilities`, chosen by `strategy`
+    /// exactly as DiscoverAgents would (ranked, round-robin, random).
+    pub fn pick(
+        &self,
+        capabilities: &[&str],
+        strategy: pb::DiscoveryStrategy,
+    ) -> Option<pb::AgentInfo> {
+        self.pick_n(capabilities, strategy, 1).into_iter().next()
+    }
+
+    /// Up to `n` HEALTHY agents having all `capabilities`, ordered by
+    /// `strategy`.
+    pub fn pick_n(
+        &self,
+        capabilities: &[&str],
+        strategy: pb::DiscoveryStrategy,
+        n: usize,
+    ) -> Vec<pb::AgentInfo> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let candidates: Vec<(Agent, &pb::AgentInfo)> = state
+            .agents
+            .values()
+            .filter(|a| a.status == pb::AgentStatus::Healthy as i32)
+            .filter(|a| {
+                capabilities
+                    .iter()
+                    .all(|c| a.capabilities.iter().any(|have| have == c))
+            })
+            .filter_map(|a| to_domain(a).map(|d| (d, a)))
+            .collect();
+        let strategy = match strategy {
+            pb::DiscoveryStrategy::Ranked => Strategy::Ranked,
+            pb::DiscoveryStrategy::RoundRobin => Strategy::RoundRobin,
+            pb::DiscoveryStrategy::Random => Strategy::Random,
+        };
+        let rotation = match strategy {
+            Strategy::RoundRobin => self.rotation.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        let by_id: HashMap<_, _> = candidates.iter().map(|(d, a)| (d.id, *a)).collect();
+        let domain: Vec<&Agent> = candidates.iter().map(|(d, _)| d).collect();
+        order_discovered(domain, strategy, n, rotation)
+            .into_iter()
+            .filter_map(|d| by_id.get(&d.id).map(|a| (*a).clone()))
+            .collect()
+    }
+
+    /// Stops following the registry.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            // A panicked task has nothing left to clean up.
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for DiscoveryCache {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The fields of an agent ranking needs, in domain form.
+fn to_domain(info: &pb::AgentInfo) -> Option<Agent> {
+    let t = info.telemetry.unwrap_or_default();
+    Some(Agent {
+        id: info.agent_id.parse().ok()?,
+        agent_type: AgentType::from_wire(info.agent_type)?,
+        capabilities: Vec::new(),
+        metadata: Default::default(),
+        telemetry: Telemetry {
+            success_rate: t.success_rate,
+            avg_duration_ms: t.avg_duration_ms,
+            total_executions: t.total_executions,
+            failed_executions: t.failed_executions,
+            last_execution_at: t.last_execution_at,
+        },
+        status: Status::from_wire(info.status)?,
+        overdue: false,
+        registered_at: info.registered_at,
+        last_seen_ms: info.last_seen.saturating_mul(1000),
+        ttl_secs: 0,
+        namespace: String::new(),
+        cluster: String::new(),
+        version: String::new(),
+        endpoint: String::new(),
+        revision: info.revision,
+    })
+}
+
+/// The background side of a [`DiscoveryCache`].
+struct Follower {
+    state: Arc<RwLock<CacheState>>,
+    synced: watch::Sender<bool>,
+    resyncs: Arc<AtomicU64>,
+}
+
+async fn follow(
+    client: RegistryClient,
+    selection: pb::WatchAgentsRequest,
+    follower: Follower,
+    stop: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        let opened = tokio::select! {
+            _ = stop.cancelled() => return,
+            opened = client.watch(selection.clone()) => opened,
+        };
+        if let Ok(mut stream) = opened {
+            let mut snapshot: Option<HashMap<String, pb::AgentInfo>> = Some(HashMap::new());
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    next = stream.message() => next,
+                };
+                let Ok(Some(event)) = next else { break };
+                failures = 0;
+                apply(&follower, &mut snapshot, event);
+            }
+        }
+        follower.synced.send_replace(false);
+        follower.resyncs.fetch_add(1, Ordering::Relaxed);
+        failures = failures.saturating_add(1);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff(failures - 1, RETRY_BASE, RETRY_CAP)) => {}
+        }
+    }
+}
+
+/// Applies one event. `snapshot` collects SNAPSHOT events until SYNCED
+/// replaces the cache's contents with it.
+fn apply(
+    follower: &Follower,
+    snapshot: &mut Option<HashMap<String, pb::AgentInfo>>,
+    event: pb::AgentChangeEvent,
+) {
+    let kind = EventType::try_from(event.event_type).unwrap_or(EventType::Unspecified);
+    match (kind, snapshot.as_mut(), event.agent) {
+        (EventType::Snapshot, Some(fresh), Some(agent)) => {
+            fresh.insert(agent.agent_id.clone(), agent);
+        }
+        (EventType::Synced, Some(_), _) => {
+            let fresh = snapshot.take().unwrap_or_default();
+            let mut state = follower.state.write().unwrap_or_else(|p| p.into_inner());
+            state.agents = fresh;
+            state.revision = event.revision;
+            drop(state);
+            follower.synced.send_replace(true);
+        }
+        (EventType::Deregistered | EventType::Expired, None, Some(agent)) => {
+            let mut state = follower.state.write().unwrap_or_else(|p| p.into_inner());
+            state.agents.remove(&agent.agent_id);
+            state.revision = event.revision;
+        }
+        (
+            EventType::Registered | EventType::Updated | EventType::StatusChanged,
+            None,
+            Some(agent),
+        ) => {
+            let mut state = follower.state.write().unwrap_or_else(|p| p.into_inner());
+            state.revision = event.revision;
+            state.agents.insert(agent.agent_id.clone(), agent);
+        }
+        _ => {}
+    }
+}
