@@ -6,7 +6,16 @@ CARGO ?= cargo
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: run test lint fmt deps build bench clean
+.PHONY: run test lint k8s-lint fmt deps build bench clean
+
+# k8s-lint: a local virtualenv holding the Kubernetes JSON schemas (PyPI
+# package kubernetes-validate), created on first use.
+PYTHON ?= python3
+VENV ?= .venv
+KUBERNETES_VALIDATE_VERSION ?= 1.37.0
+# Oldest supported Kubernetes (preStop sleep needs 1.30) and newest schemas.
+KUBE_VERSIONS ?= 1.30 1.37
+K8S_VALIDATE_STAMP := $(VENV)/.kubernetes-validate-$(KUBERNETES_VALIDATE_VERSION)
 
 ## run: start the server on the embedded memory store (gRPC :50051, HTTP :9090)
 run:
@@ -22,10 +31,29 @@ test: deps
 	fi
 	$(CARGO) test --doc --quiet
 
-## lint: formatting and clippy, warnings are errors
+## lint: formatting and clippy, warnings are errors; then the k8s/ manifests
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --all-targets --all-features -- -D warnings
+	@$(MAKE) --no-print-directory k8s-lint
+
+## k8s-lint: k8s/ offline against the Kubernetes JSON schemas (strict), plus
+## each kustomization rendered and cross-checked when kubectl is on PATH
+k8s-lint: $(K8S_VALIDATE_STAMP)
+	$(VENV)/bin/python k8s/validate.py --quiet $(addprefix -k ,$(KUBE_VERSIONS)) k8s
+
+$(K8S_VALIDATE_STAMP):
+	@if ! $(PYTHON) -m venv --help >/dev/null 2>&1 || ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing python3-venv with apt-get"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; \
+		else \
+			echo "missing: python3 venv support (e.g. sudo apt-get install python3-venv)" >&2; exit 1; \
+		fi; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION)'
+	touch $@
 
 fmt:
 	$(CARGO) fmt --all

@@ -98,9 +98,8 @@ impl Running {
     }
 }
 
-/// Everything `serve` runs, wired.
-struct Parts<S> {
-    store: Arc<S>,
+/// Everything `serve` runs that does not depend on the store.
+struct Common {
     view: Arc<View>,
     mailboxes: Arc<Mailboxes>,
     metrics: Arc<Metrics>,
@@ -108,8 +107,7 @@ struct Parts<S> {
     grpc: TcpListener,
     admin: TcpListener,
     shutdown: CancellationToken,
-    /// Store-specific tasks, already spawned; they stop with `background`.
-    others: Vec<JoinHandle<()>>,
+    /// Stops the background tasks once the server has drained.
     background: CancellationToken,
 }
 
@@ -132,21 +130,20 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let background = CancellationToken::new();
     let view = View::new();
     let mailboxes = Mailboxes::new();
+    let common = Common {
+        view: view.clone(),
+        mailboxes,
+        metrics,
+        settings: settings.clone(),
+        grpc,
+        admin,
+        shutdown: shutdown.clone(),
+        background: background.clone(),
+    };
     let task = match &settings.store {
         StoreSettings::Memory => {
-            let store = Arc::new(MemoryStore::new(settings.ttl.removal_grace));
-            tokio::spawn(serve(Parts {
-                store,
-                view: view.clone(),
-                mailboxes,
-                metrics,
-                settings: settings.clone(),
-                grpc,
-                admin,
-                shutdown: shutdown.clone(),
-                others: Vec::new(),
-                background,
-            }))
+            let store = MemoryStore::new(settings.ttl.removal_grace);
+            tokio::spawn(serve(Arc::new(store), common, Vec::new()))
         }
         StoreSettings::Redis { url, prefix } => {
             let config = RedisConfig {
@@ -158,19 +155,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
                 setting: "--redis-url (REDIS_URL)",
                 reason: e.to_string(),
             })?;
-            let pubsub = tokio::spawn(store.run_listener(background.clone()));
-            tokio::spawn(serve(Parts {
-                store: Arc::new(store),
-                view: view.clone(),
-                mailboxes,
-                metrics,
-                settings: settings.clone(),
-                grpc,
-                admin,
-                shutdown: shutdown.clone(),
-                others: vec![pubsub],
-                background,
-            }))
+            let pubsub = tokio::spawn(store.run_listener(background));
+            tokio::spawn(serve(Arc::new(store), common, vec![pubsub]))
         }
     };
     // Give the view a moment to load, so the first calls see the registry;
@@ -192,9 +178,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     })
 }
 
-async fn serve<S: Store>(parts: Parts<S>) {
-    let Parts {
-        store,
+/// Serves until shutdown; `others` are store-specific tasks, already
+/// spawned, that stop with the background token.
+async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<()>>) {
+    let Common {
         view,
         mailboxes,
         metrics,
@@ -202,9 +189,8 @@ async fn serve<S: Store>(parts: Parts<S>) {
         grpc,
         admin,
         shutdown,
-        others,
         background,
-    } = parts;
+    } = common;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let readiness = Arc::new(Readiness::default());
     let (reporter, health_service) = tonic_health::server::health_reporter();
