@@ -162,7 +162,21 @@ async fn discover(clients: &[Client], agents: usize, calls: usize) -> Sample {
     .await
 }
 
-async fn bench_store(store: &str, extra: &[String]) -> Vec<String> {
+/// `used_memory` of the Redis at `url`, in bytes.
+async fn redis_used_memory(url: &str) -> Option<u64> {
+    let client = redis::Client::open(url).ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn bench_store(store: &str, extra: &[String], redis_url: Option<&str>) -> Vec<String> {
     let mut args: Vec<String> = [
         "agent-registry",
         "--host",
@@ -238,11 +252,24 @@ async fn bench_store(store: &str, extra: &[String]) -> Vec<String> {
     );
     rows.push(watch_latency(&clients, agents.clone()).await.row(store));
 
+    let before = match redis_url {
+        Some(url) => redis_used_memory(url).await,
+        None => None,
+    };
     rows.push(
         register_many(&clients, 10_000, 100_000, ids.clone())
             .await
             .row(store),
     );
+    if let (Some(url), Some(before)) = (redis_url, before)
+        && let Some(after) = redis_used_memory(url).await
+    {
+        println!(
+            "<!-- redis used_memory: {:.1} MiB for 100 000 agents, {} bytes/agent -->",
+            after as f64 / (1 << 20) as f64,
+            after.saturating_sub(before) / 90_000
+        );
+    }
     rows.push(discover(&clients, 100_000, 2_000).await.row(store));
 
     running.shutdown().await;
@@ -389,14 +416,20 @@ async fn main() {
     );
     println!("| store | operation | calls | calls/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|---|");
-    for row in bench_store("memory", &["--store".into(), "memory".into()]).await {
+    for row in bench_store("memory", &["--store".into(), "memory".into()], None).await {
         println!("{row}");
     }
     let redis = Redis::start().await;
     let url = format!("redis://127.0.0.1:{}", redis.port);
     for row in bench_store(
         "redis",
-        &["--store".into(), "redis".into(), "--redis-url".into(), url],
+        &[
+            "--store".into(),
+            "redis".into(),
+            "--redis-url".into(),
+            url.clone(),
+        ],
+        Some(&url),
     )
     .await
     {
