@@ -18,7 +18,8 @@
 //! - [`service`]: the tonic service: decode → validate → call → encode.
 //! - [`server`]: the composition root.
 //! - [`config`]: flags and environment variables.
-//! - [`metrics`], [`admin`]: Prometheus metrics and the HTTP probes.
+//! - [`metrics`], [`admin`], [`health`]: Prometheus metrics, the HTTP probes and
+//!   gRPC health.
 //! - [`client`]: the Rust SDK (client, agent session, discovery cache).
 #![forbid(unsafe_code)]
 
@@ -27,6 +28,7 @@ pub mod client;
 pub mod config;
 pub mod domain;
 pub mod feed;
+pub mod health;
 pub mod mailbox;
 pub mod metrics;
 pub mod outbox;

@@ -13,13 +13,13 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     admin::{self, AdminState, Readiness},
     config::{Settings, StoreSettings},
     domain::clock::{Clock, SystemClock},
     feed,
+    health::{self, HealthStatus},
     mailbox::Mailboxes,
     metrics::Metrics,
     pb::{self, service_registry_server::ServiceRegistryServer},
@@ -193,7 +193,7 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
     } = common;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let readiness = Arc::new(Readiness::default());
-    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let (health, health_service) = health::health_service(shutdown.clone());
     let mut tasks = others;
     tasks.push(tokio::spawn(feed::run(
         store.clone(),
@@ -211,7 +211,7 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
     tasks.push(tokio::spawn(report_health(
         store.clone(),
         view.clone(),
-        reporter,
+        health,
         readiness.clone(),
         shutdown.clone(),
         background.clone(),
@@ -284,13 +284,12 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
     }
 }
 
-/// Keeps gRPC health (`""` and the registry service) and `/readyz` in step
-/// with whether this replica can serve: store reachable, view current, not
-/// shutting down.
+/// Keeps gRPC health and `/readyz` in step with whether this replica can
+/// serve: store reachable, view current, not shutting down.
 async fn report_health<S: Store>(
     store: Arc<S>,
     view: Arc<View>,
-    reporter: HealthReporter,
+    health: HealthStatus,
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
     stop: CancellationToken,
@@ -302,30 +301,25 @@ async fn report_health<S: Store>(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
-            _ = shutdown.cancelled(), if last != Some(false) => {}
+            _ = shutdown.cancelled() => {}
         }
-        let serving = !shutdown.is_cancelled() && store.is_available() && view.is_synced();
+        if shutdown.is_cancelled() {
+            readiness.set(false);
+            health.set(false);
+            tracing::info!("not serving: shutting down");
+            return;
+        }
+        let serving = store.is_available() && view.is_synced();
         if last == Some(serving) {
             continue;
         }
         last = Some(serving);
         readiness.set(serving);
-        let status = if serving {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        reporter.set_service_status("", status).await;
+        health.set(serving);
         if serving {
-            reporter
-                .set_serving::<ServiceRegistryServer<RegistryService<S>>>()
-                .await;
             tracing::info!("serving");
         } else {
-            reporter
-                .set_not_serving::<ServiceRegistryServer<RegistryService<S>>>()
-                .await;
-            tracing::warn!(shutting_down = shutdown.is_cancelled(), "not serving");
+            tracing::warn!("not serving: store unreachable or view reloading");
         }
     }
 }

@@ -23,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use deadpool_redis::{Pool, Runtime};
 use redis::Value;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -199,22 +199,23 @@ impl RedisStore {
     /// When the URL cannot be parsed.
     pub fn new(config: &RedisConfig) -> std::result::Result<Self, redis::RedisError> {
         let client = redis::Client::open(config.url.as_str())?;
-        let mut pool_config = deadpool_redis::Config::from_url(config.url.clone());
-        pool_config.pool = Some(PoolConfig {
-            max_size: POOL_SIZE,
-            timeouts: Timeouts {
-                wait: Some(POOL_WAIT),
-                create: Some(CONNECT_TIMEOUT),
-                recycle: Some(CONNECT_TIMEOUT),
-            },
-            ..PoolConfig::default()
-        });
-        let pool = pool_config
-            .create_pool(Some(Runtime::Tokio1))
+        // redis-rs cuts every reply at 500 ms by default; our own bound is
+        // COMMAND_TIMEOUT for the whole call, pool wait included.
+        let connection = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT));
+        let manager = deadpool_redis::Manager::new_with_config(config.url.as_str(), connection)?;
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .runtime(Runtime::Tokio1)
+            .build()
             .map_err(|e| {
                 redis::RedisError::from((
                     redis::ErrorKind::InvalidClientConfig,
-                    "pool",
+                    "connection pool",
                     e.to_string(),
                 ))
             })?;
