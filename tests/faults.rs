@@ -159,33 +159,6 @@ fn ids(agents: &[pb::AgentInfo]) -> BTreeSet<String> {
     agents.iter().map(|a| a.agent_id.clone()).collect()
 }
 
-/// Opens a snapshot watch of everything and reads up to SYNCED.
-async fn watch_synced(client: &mut Client) -> (Events, Vec<pb::AgentChangeEvent>) {
-    let request = pb::WatchAgentsRequest {
-        send_initial_snapshot: true,
-        ..Default::default()
-    };
-    let mut stream = tokio::time::timeout(HANG, client.watch_agents(request))
-        .await
-        .expect("watch_agents answers in time")
-        .expect("watch_agents succeeds")
-        .into_inner();
-    let mut snapshot = Vec::new();
-    for _ in 0..100_000 {
-        let event = tokio::time::timeout(HANG, stream.message())
-            .await
-            .expect("snapshot event in time")
-            .expect("watch stream healthy")
-            .expect("watch stream open");
-        match kind(&event) {
-            EventType::Snapshot => snapshot.push(event),
-            EventType::Synced => return (stream, snapshot),
-            other => panic!("{other:?} before SYNCED: {event:?}"),
-        }
-    }
-    panic!("no SYNCED after 100000 snapshot events");
-}
-
 /// Collects a watch stream's events in a background task, and how it ended.
 struct Collector {
     events: Arc<Mutex<Vec<pb::AgentChangeEvent>>>,

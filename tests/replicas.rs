@@ -22,7 +22,6 @@ use agent_registry::pb::{
 use tonic::{Code, Streaming, transport::Channel};
 
 type Client = ServiceRegistryClient<Channel>;
-type Events = Streaming<pb::AgentChangeEvent>;
 
 /// Longest a single call may take in these tests before it counts as a hang.
 const CALL_WAIT: Duration = Duration::from_secs(5);
@@ -118,33 +117,6 @@ async fn list_all(client: &mut Client) -> Vec<pb::AgentInfo> {
     .expect("list_agents succeeds")
     .into_inner()
     .agents
-}
-
-/// Opens a snapshot watch of everything and reads up to SYNCED.
-async fn watch_synced(client: &mut Client) -> (Events, Vec<pb::AgentChangeEvent>) {
-    let request = pb::WatchAgentsRequest {
-        send_initial_snapshot: true,
-        ..Default::default()
-    };
-    let mut stream = tokio::time::timeout(CALL_WAIT, client.watch_agents(request))
-        .await
-        .expect("watch_agents answers in time")
-        .expect("watch_agents succeeds")
-        .into_inner();
-    let mut snapshot = Vec::new();
-    for _ in 0..100_000 {
-        let event = tokio::time::timeout(CALL_WAIT, stream.message())
-            .await
-            .expect("snapshot event in time")
-            .expect("watch stream healthy")
-            .expect("watch stream open");
-        match kind(&event) {
-            EventType::Snapshot => snapshot.push(event),
-            EventType::Synced => return (stream, snapshot),
-            other => panic!("{other:?} before SYNCED: {event:?}"),
-        }
-    }
-    panic!("no SYNCED after 100000 snapshot events");
 }
 
 /// Collects a stream's messages in a background task, with the time each

@@ -275,6 +275,58 @@ impl TestServer {
     }
 }
 
+/// Opens a snapshot watch of everything and reads it up to SYNCED (each
+/// step within 5 s): the live stream and the SNAPSHOT events.
+///
+/// # Panics
+/// When the watch fails, or an event other than SNAPSHOT comes first.
+pub async fn watch_synced(
+    client: &mut ServiceRegistryClient<Channel>,
+) -> (
+    tonic::Streaming<pb::AgentChangeEvent>,
+    Vec<pb::AgentChangeEvent>,
+) {
+    try_watch_synced(client)
+        .await
+        .unwrap_or_else(|e| panic!("snapshot watch: {e}"))
+}
+
+/// [`watch_synced`] that reports failure instead of panicking.
+pub async fn try_watch_synced(
+    client: &mut ServiceRegistryClient<Channel>,
+) -> Result<
+    (
+        tonic::Streaming<pb::AgentChangeEvent>,
+        Vec<pb::AgentChangeEvent>,
+    ),
+    String,
+> {
+    const STEP: Duration = Duration::from_secs(5);
+    let request = pb::WatchAgentsRequest {
+        send_initial_snapshot: true,
+        ..Default::default()
+    };
+    let mut stream = tokio::time::timeout(STEP, client.watch_agents(request))
+        .await
+        .map_err(|_| "watch_agents did not answer in time".to_owned())?
+        .map_err(|s| format!("watch_agents failed: {s:?}"))?
+        .into_inner();
+    let mut snapshot = Vec::new();
+    for _ in 0..1_000_000 {
+        let event = tokio::time::timeout(STEP, stream.message())
+            .await
+            .map_err(|_| "no snapshot event in time".to_owned())?
+            .map_err(|s| format!("watch stream failed: {s:?}"))?
+            .ok_or("watch stream ended")?;
+        match pb::agent_change_event::EventType::try_from(event.event_type) {
+            Ok(pb::agent_change_event::EventType::Snapshot) => snapshot.push(event),
+            Ok(pb::agent_change_event::EventType::Synced) => return Ok((stream, snapshot)),
+            other => return Err(format!("{other:?} before SYNCED: {event:?}")),
+        }
+    }
+    Err("no SYNCED after 1000000 snapshot events".into())
+}
+
 /// Waits (at most 10 s) until the registry at `endpoint` serves a complete
 /// view: a snapshot watch answers SYNCED (refused while the view is not
 /// loaded from the store).
@@ -282,29 +334,10 @@ pub async fn wait_ready(endpoint: &str) {
     wait_until(Duration::from_secs(10), "server ready", || {
         let endpoint = endpoint.to_owned();
         async move {
-            let Ok(mut client) = ServiceRegistryClient::connect(endpoint).await else {
-                return false;
-            };
-            let request = pb::WatchAgentsRequest {
-                send_initial_snapshot: true,
-                ..Default::default()
-            };
-            let Ok(response) = client.watch_agents(request).await else {
-                return false;
-            };
-            let mut stream = response.into_inner();
-            for _ in 0..1_000_000 {
-                match tokio::time::timeout(Duration::from_secs(2), stream.message()).await {
-                    Ok(Ok(Some(e)))
-                        if e.event_type == pb::agent_change_event::EventType::Synced as i32 =>
-                    {
-                        return true;
-                    }
-                    Ok(Ok(Some(_))) => continue,
-                    _ => return false,
-                }
+            match ServiceRegistryClient::connect(endpoint).await {
+                Ok(mut client) => try_watch_synced(&mut client).await.is_ok(),
+                Err(_) => false,
             }
-            false
         }
     })
     .await;
