@@ -13,6 +13,8 @@ mod lifecycle;
 mod notify;
 #[path = "behaviour/query.rs"]
 mod query;
+#[path = "behaviour/support.rs"]
+mod support;
 #[path = "behaviour/tokens.rs"]
 mod tokens;
 #[path = "behaviour/validation.rs"]

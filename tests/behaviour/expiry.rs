@@ -10,44 +10,15 @@ use agent_registry::pb::{
     self, agent_change_event::EventType, service_registry_client::ServiceRegistryClient,
 };
 use tokio::time::Instant;
-use tonic::{Code, Streaming, transport::Channel};
+use tonic::{Code, transport::Channel};
 
 use crate::common::*;
+use crate::support::*;
 
 type Client = ServiceRegistryClient<Channel>;
-type Events = Streaming<pb::AgentChangeEvent>;
 
-const EVENT_WAIT: Duration = Duration::from_secs(5);
 /// Tolerance for "never early": millisecond rounding between clocks.
 const EARLY_SLACK: Duration = Duration::from_millis(10);
-
-fn kind(event: &pb::AgentChangeEvent) -> EventType {
-    EventType::try_from(event.event_type).expect("a known event type")
-}
-
-fn agent_of(event: &pb::AgentChangeEvent) -> &pb::AgentInfo {
-    event
-        .agent
-        .as_ref()
-        .unwrap_or_else(|| panic!("event carries the agent: {event:?}"))
-}
-
-async fn next_event(stream: &mut Events) -> pb::AgentChangeEvent {
-    match tokio::time::timeout(EVENT_WAIT, stream.message()).await {
-        Err(_) => panic!("no event within {EVENT_WAIT:?}"),
-        Ok(Err(status)) => panic!("watch stream failed: {status:?}"),
-        Ok(Ok(None)) => panic!("watch stream ended"),
-        Ok(Ok(Some(event))) => event,
-    }
-}
-
-async fn expect_quiet(stream: &mut Events, quiet: Duration) {
-    match tokio::time::timeout(quiet, stream.message()).await {
-        Err(_) => {}
-        Ok(Ok(Some(event))) => panic!("unexpected event: {event:?}"),
-        Ok(other) => panic!("watch stream ended: {other:?}"),
-    }
-}
 
 /// A watch of every agent, read up to its SYNCED.
 async fn watch_synced(client: &mut Client) -> Events {

@@ -5,36 +5,18 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use agent_registry::pb::{self, service_registry_client::ServiceRegistryClient};
 use tonic::transport::Channel;
 
 use crate::common::*;
+use crate::support::*;
 
 type Client = ServiceRegistryClient<Channel>;
 /// A filter map written as pairs.
 type Pairs<'a> = Vec<(&'a str, &'a str)>;
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
-/// Telemetry with `total` executions at `success_rate`.
-fn telemetry(success_rate: f64, avg_duration_ms: i64, total: i64) -> pb::AgentTelemetry {
-    let failed = (((1.0 - success_rate) * total as f64).round() as i64).clamp(0, total);
-    pb::AgentTelemetry {
-        success_rate,
-        avg_duration_ms,
-        total_executions: total,
-        failed_executions: failed,
-        last_execution_at: 0,
-    }
-}
 
 fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs

@@ -7,50 +7,18 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use agent_registry::pb::{
     self, agent_change_event::EventType, service_registry_client::ServiceRegistryClient,
 };
-use tonic::{Streaming, transport::Channel};
+use tonic::transport::Channel;
 
 use crate::common::*;
+use crate::support::*;
 
 type Client = ServiceRegistryClient<Channel>;
-type Events = Streaming<pb::AgentChangeEvent>;
-
-/// How long a test waits for an event it expects.
-const EVENT_WAIT: Duration = Duration::from_secs(5);
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
-fn telemetry(success_rate: f64, avg_duration_ms: i64, total: i64) -> pb::AgentTelemetry {
-    let failed = (((1.0 - success_rate) * total as f64).round() as i64).clamp(0, total);
-    pb::AgentTelemetry {
-        success_rate,
-        avg_duration_ms,
-        total_executions: total,
-        failed_executions: failed,
-        last_execution_at: 0,
-    }
-}
-
-fn kind(event: &pb::AgentChangeEvent) -> EventType {
-    EventType::try_from(event.event_type).expect("a known event type")
-}
-
-fn agent_of(event: &pb::AgentChangeEvent) -> &pb::AgentInfo {
-    event
-        .agent
-        .as_ref()
-        .unwrap_or_else(|| panic!("event carries the agent: {event:?}"))
-}
 
 fn id_of(event: &pb::AgentChangeEvent) -> String {
     agent_of(event).agent_id.clone()
@@ -80,24 +48,6 @@ async fn watch(client: &mut Client, request: pb::WatchAgentsRequest) -> Events {
         .await
         .expect("watch_agents succeeds")
         .into_inner()
-}
-
-async fn next_event(stream: &mut Events) -> pb::AgentChangeEvent {
-    match tokio::time::timeout(EVENT_WAIT, stream.message()).await {
-        Err(_) => panic!("no event within {EVENT_WAIT:?}"),
-        Ok(Err(status)) => panic!("watch stream failed: {status:?}"),
-        Ok(Ok(None)) => panic!("watch stream ended"),
-        Ok(Ok(Some(event))) => event,
-    }
-}
-
-/// Asserts that the stream yields nothing for `quiet`.
-async fn expect_quiet(stream: &mut Events, quiet: Duration) {
-    match tokio::time::timeout(quiet, stream.message()).await {
-        Err(_) => {}
-        Ok(Ok(Some(event))) => panic!("unexpected event: {event:?}"),
-        Ok(other) => panic!("watch stream ended: {other:?}"),
-    }
 }
 
 /// Opens a snapshot watch and reads up to its SYNCED: returns the stream,
