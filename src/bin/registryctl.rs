@@ -12,10 +12,10 @@
 //! registryctl health                                      # exit 0 only when SERVING
 //! ```
 //!
-//! Global options: `--endpoint` (env `REGISTRY_ENDPOINT`, default
-//! `http://127.0.0.1:50051`; given *before* the subcommand, because
-//! `register --endpoint` is the agent's own address), `--timeout` seconds per
-//! call (default 5) and `-o/--output table|json` (both accepted anywhere).
+//! Global options, accepted anywhere: `--endpoint` (env `REGISTRY_ENDPOINT`,
+//! default `http://127.0.0.1:50051`), `--timeout` seconds per call (default
+//! 5) and `-o/--output table|json`. (The agent's own address, on `register`,
+//! is `--agent-endpoint`.)
 //! Tokens come from `--token` or the environment variable `REGISTRY_TOKEN`
 //! (a token may start with `-`: `--token -Bx...` takes it as the value).
 //!
@@ -67,10 +67,10 @@ const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:50051";
 #[command(name = "registryctl", version)]
 struct Cli {
     /// The registry's gRPC endpoint (`http://host:port`; `host:port` means
-    /// plain HTTP/2). Given before the subcommand: `register --endpoint` is
-    /// the agent's own address.
+    /// plain HTTP/2).
     #[arg(
         long,
+        global = true,
         env = "REGISTRY_ENDPOINT",
         default_value = DEFAULT_ENDPOINT,
         value_name = "URL"
@@ -204,7 +204,7 @@ struct RegisterArgs {
     #[arg(long)]
     version: Option<String>,
     /// The `host:port` the agent serves on.
-    #[arg(long = "endpoint", value_name = "HOST:PORT")]
+    #[arg(long = "agent-endpoint", value_name = "HOST:PORT")]
     agent_endpoint: Option<String>,
     /// Heartbeat timeout wanted, in seconds (the server clamps it; 0 or
     /// absent: the server's default).
@@ -560,26 +560,21 @@ async fn keep_alive_session(
     // Listen before registering: a signal from now on ends the session
     // cleanly instead of killing the process with the agent left behind.
     let mut signals = Signals::new()?;
-    let session = AgentSession::start(client.clone(), request).await?;
-    // The session does not expose the granted TTL; the registry's record
-    // does: expires_at - last_seen, and the interval is max(1, ttl / 3).
-    let ttl = client
-        .get_agent(session.agent_id())
-        .await
-        .ok()
-        .map(|agent| agent.expires_at - agent.last_seen);
+    let mut session = AgentSession::start(client.clone(), request).await?;
     out.registration(&Registration {
         agent_id: session.agent_id(),
         token: session.token(),
-        ttl_seconds: ttl,
-        heartbeat_interval_seconds: ttl.map(|ttl| (ttl / 3).max(1)),
+        ttl_seconds: Some(i64::from(session.ttl_seconds())),
+        heartbeat_interval_seconds: i64::try_from(session.heartbeat_interval().as_secs()).ok(),
     })?;
+    let mut notifications = session.notifications();
     let mut states = session.state();
     let mut last = states.borrow_and_update().clone();
     out.session_state(session.agent_id(), &last)?;
     loop {
         tokio::select! {
             () = signals.wait() => break,
+            Some(n) = next_notification(&mut notifications) => out.notification(&n)?,
             changed = states.changed() => {
                 if changed.is_err() {
                     break; // the session is gone (cannot happen while we hold it)
@@ -596,6 +591,17 @@ async fn keep_alive_session(
     session.shutdown().await?;
     out.deregistered(&agent_id, true)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The session's next notification; pending forever once there are none.
+async fn next_notification(
+    stream: &mut Option<tokio_stream::wrappers::ReceiverStream<pb::AgentNotification>>,
+) -> Option<pb::AgentNotification> {
+    use tokio_stream::StreamExt;
+    match stream {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// `heartbeat`: one heartbeat, with telemetry when any telemetry flag is
@@ -754,7 +760,7 @@ async fn health(args: &HealthArgs, settings: &Settings, out: &Printer) -> Outcom
     let check = async {
         let channel = endpoint.connect().await.map_err(|e| ClientError::Status {
             code: Code::Unavailable,
-            message: format!("cannot connect: {e}"),
+            message: format!("cannot connect: {}", with_causes(&e)),
         })?;
         let response = HealthClient::new(channel)
             .check(HealthCheckRequest {
@@ -772,6 +778,21 @@ async fn health(args: &HealthArgs, settings: &Settings, out: &Printer) -> Outcom
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// An error and its causes: `transport error: tcp connect error: Connection
+/// refused (os error 111)`.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let more = e.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = e.source();
+    }
+    text
 }
 
 // ---------------------------------------------------------------------------

@@ -97,11 +97,30 @@ impl ClientError {
 
 impl From<tonic::Status> for ClientError {
     fn from(status: tonic::Status) -> Self {
+        // tonic's server answers an expired `grpc-timeout` with CANCELLED
+        // "Timeout expired"; gRPC calls that DEADLINE_EXCEEDED.
+        let code = match status.code() {
+            Code::Cancelled if status.message() == "Timeout expired" => Code::DeadlineExceeded,
+            code => code,
+        };
         Self::Status {
-            code: status.code(),
+            code,
             message: status.message().to_owned(),
         }
     }
+}
+
+/// An error and its causes, `: `-separated (transport errors hide the
+/// useful part, e.g. "Connection refused", in their sources).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 /// Result of SDK calls.
@@ -128,7 +147,7 @@ impl RegistryClient {
         let endpoint = Self::endpoint(endpoint.into())?;
         let channel = endpoint.connect().await.map_err(|e| ClientError::Status {
             code: Code::Unavailable,
-            message: format!("cannot connect: {e}"),
+            message: format!("cannot connect: {}", error_chain(&e)),
         })?;
         Ok(Self::from_channel(channel))
     }
@@ -435,5 +454,7 @@ mod tests {
         assert!(!e.is_transient());
         assert!(ClientError::Timeout(Duration::from_secs(1)).is_transient());
         assert_eq!(e.to_string(), "NOT_FOUND: gone");
+        let expired = ClientError::from(tonic::Status::cancelled("Timeout expired"));
+        assert_eq!(expired.code(), Code::DeadlineExceeded);
     }
 }

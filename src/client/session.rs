@@ -60,6 +60,8 @@ struct Shared {
     /// registry lost the agent.
     registration: pb::RegisterRequest,
     interval: Mutex<Duration>,
+    /// The TTL last granted.
+    ttl: Mutex<i32>,
     telemetry: TelemetryHandle,
     state: watch::Sender<SessionState>,
     attempts: AtomicU64,
@@ -70,8 +72,13 @@ impl Shared {
         *self.interval.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Applies `change`; watchers are woken only when the state changed.
     fn update(&self, change: impl FnOnce(&mut SessionState)) {
-        self.state.send_modify(change);
+        self.state.send_if_modified(|state| {
+            let before = state.clone();
+            change(state);
+            *state != before
+        });
     }
 
     async fn reregister(&self) -> Result<()> {
@@ -81,6 +88,7 @@ impl Shared {
         *self.interval.lock().unwrap_or_else(|p| p.into_inner()) = Duration::from_secs(
             u64::try_from(response.heartbeat_interval_seconds.max(1)).unwrap_or(1),
         );
+        *self.ttl.lock().unwrap_or_else(|p| p.into_inner()) = response.ttl_seconds;
         self.update(|s| {
             s.registrations += 1;
             s.connected = true;
@@ -143,6 +151,7 @@ impl AgentSession {
             interval: Mutex::new(Duration::from_secs(
                 u64::try_from(response.heartbeat_interval_seconds.max(1)).unwrap_or(1),
             )),
+            ttl: Mutex::new(response.ttl_seconds),
             telemetry,
             state,
             attempts: AtomicU64::new(0),
@@ -164,6 +173,16 @@ impl AgentSession {
     /// The agent's id.
     pub fn agent_id(&self) -> &str {
         &self.shared.agent_id
+    }
+
+    /// The heartbeat timeout the registry granted, in seconds.
+    pub fn ttl_seconds(&self) -> i32 {
+        *self.shared.ttl.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How often the session heartbeats (the registry's suggestion).
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.shared.interval()
     }
 
     /// The agent's registration token (keep it to resume this identity).
