@@ -17,6 +17,7 @@ use agent_registry::{
     config::Config,
     pb::{self, service_registry_client::ServiceRegistryClient},
     server,
+    store::{RedisConfig, RedisStore, Store},
 };
 use clap::Parser;
 use tokio::sync::Mutex;
@@ -268,6 +269,22 @@ async fn bench_store(store: &str, extra: &[String], redis_url: Option<&str>) -> 
             "<!-- redis used_memory: {:.1} MiB for 100 000 agents, {} bytes/agent -->",
             after as f64 / (1 << 20) as f64,
             after.saturating_sub(before) / 90_000
+        );
+    }
+    if let Some(url) = redis_url {
+        // What a replica pays to (re)load its view: one snapshot script.
+        let store = RedisStore::new(&RedisConfig {
+            url: url.to_owned(),
+            prefix: "registry".into(),
+            removal_grace: Duration::from_secs(60),
+        })
+        .expect("redis url");
+        let started = Instant::now();
+        let snapshot = store.load().await.expect("snapshot");
+        println!(
+            "<!-- snapshot load: {} agents in {:?} -->",
+            snapshot.agents.len(),
+            started.elapsed()
         );
     }
     rows.push(discover(&clients, 100_000, 2_000).await.row(store));

@@ -43,6 +43,8 @@ pub use listener::MailboxInterest;
 /// Longest a store call may take, pool wait included: writes fail with
 /// `Unavailable` well within the 2 s the contract allows.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long loading a full snapshot (view resync) may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a caller may wait for a pooled connection.
 const POOL_WAIT: Duration = Duration::from_millis(500);
 /// How long opening a connection may take.
@@ -76,6 +78,8 @@ pub struct RedisConfig {
 #[derive(Debug)]
 pub struct RedisStore {
     pool: Pool,
+    /// For the snapshot's own connection.
+    client: redis::Client,
     keys: Keys,
     scripts: Scripts,
     listener: Arc<Listener>,
@@ -222,9 +226,10 @@ impl RedisStore {
         let keys = Keys::new(&config.prefix);
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let highest = Arc::new(AtomicU64::new(0));
-        let listener = Listener::new(client, keys.clone(), feed.clone(), highest.clone());
+        let listener = Listener::new(client.clone(), keys.clone(), feed.clone(), highest.clone());
         Ok(Self {
             pool,
+            client,
             keys,
             scripts: Scripts::new(),
             listener,
@@ -521,7 +526,27 @@ impl Store for RedisStore {
             // Only to seed the revision of an empty store; not a deadline.
             .arg(SystemClock.now())
             .arg(self.floor());
-        let reply = items(self.invoke(invocation).await?)?;
+        // A snapshot of a large registry is one big reply (about 0.5 KB per
+        // agent): give it its own connection and a bound of its own, so it
+        // is never cut off by the per-call timeout meant for clients.
+        let snapshot = async {
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(SNAPSHOT_TIMEOUT));
+            let mut conn = self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map_err(classify)?;
+            invocation
+                .invoke_async::<Value>(&mut conn)
+                .await
+                .map_err(classify)
+        };
+        let reply = match tokio::time::timeout(SNAPSHOT_TIMEOUT, snapshot).await {
+            Ok(reply) => items(reply?)?,
+            Err(_) => return Err(unavailable("snapshot did not arrive in time")),
+        };
         let revision = reply.first().map(int).transpose()?.unwrap_or(0);
         let revision = u64::try_from(revision).unwrap_or(0);
         self.saw(revision);
