@@ -33,6 +33,21 @@ struct CacheState {
 
 /// Agents matching a watch selection, kept current in the background.
 ///
+/// ```no_run
+/// # async fn run() -> Result<(), agent_registry::client::ClientError> {
+/// use std::time::Duration;
+/// use agent_registry::{client::{DiscoveryCache, RegistryClient}, pb};
+///
+/// let client = RegistryClient::connect_lazy("http://127.0.0.1:50051")?;
+/// let cache = DiscoveryCache::start(client, pb::WatchAgentsRequest::default());
+/// cache.wait_synced(Duration::from_secs(5)).await;
+/// if let Some(agent) = cache.pick(&["gpu"], pb::DiscoveryStrategy::RoundRobin) {
+///     println!("send the task to {}", agent.endpoint);
+/// }
+/// # Ok(())
+/// # }
+/// ```
+///
 /// After any interruption (`ABORTED`, `UNAVAILABLE`, a dropped stream) it
 /// watches again with a fresh snapshot and replaces its contents at the
 /// snapshot's end, so it converges to the registry's set. Picks are local:

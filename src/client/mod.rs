@@ -140,6 +140,24 @@ impl RegistryClient {
 
     /// Connects to `endpoint` (e.g. `http://127.0.0.1:50051`) now.
     ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), agent_registry::client::ClientError> {
+    /// use std::time::Duration;
+    /// use agent_registry::{client::RegistryClient, pb};
+    ///
+    /// let client = RegistryClient::connect("http://127.0.0.1:50051")
+    ///     .await?
+    ///     .with_timeout(Duration::from_secs(2));
+    /// let gpus = client
+    ///     .discover(pb::DiscoverRequest { capabilities: vec!["gpu".into()], ..Default::default() })
+    ///     .await?;
+    /// for agent in gpus {
+    ///     println!("{} at {}", agent.agent_id, agent.endpoint);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     /// [`ClientError::Endpoint`] for a malformed endpoint, `UNAVAILABLE`
     /// when nothing answers there.
