@@ -785,6 +785,26 @@ async fn register_keep_alive_heartbeats_then_deregisters_on_sigterm() {
         .success()
         .stdout(predicate::str::contains(id.as_str()));
 
+    // A notification reaches the running agent and is printed.
+    ctl(
+        &server,
+        &[
+            "notify",
+            &id,
+            "--message",
+            "drain please",
+            "--type",
+            "CONTROL",
+        ],
+    )
+    .await
+    .success();
+    let notified = agent
+        .json_until(10, |v| v.get("notification_id").is_some())
+        .await;
+    assert_eq!(notified["message"], "drain please");
+    assert_eq!(notified["notification_type"], "CONTROL");
+
     // Past its TTL it is still HEALTHY: the session heartbeats.
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let out = ctl(&server, &["-o", "json", "get", &id]).await.success();
