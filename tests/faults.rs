@@ -1256,16 +1256,6 @@ async fn stopping_every_replica_does_not_expire_heartbeating_agents() {
     beats.await.unwrap();
 }
 
-/// Kills a child process on drop.
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A registry started while Redis is down starts (in-process and as the
 /// real binary), refuses writes with UNAVAILABLE, and is fully usable
 /// within 5 s of Redis coming up.
@@ -1306,31 +1296,8 @@ async fn a_registry_started_while_redis_is_down_recovers_by_itself() {
         .unwrap();
 
     // The real binary too: it must keep running (no exit, no crash loop).
-    let port = free_port();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_agent-registry"))
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--metrics-port",
-            "0",
-            "--removal-grace",
-            "1",
-            "--min-ttl",
-            "1",
-            "--store",
-            "redis",
-            "--redis-url",
-            &url,
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = ChildGuard(child);
-    let child_endpoint = format!("http://127.0.0.1:{port}");
+    let mut child = ReplicaProcess::spawn(&redis, &[]);
+    let child_endpoint = child.endpoint();
 
     assert_unavailable(
         "Register while Redis is down",
@@ -1370,9 +1337,8 @@ async fn a_registry_started_while_redis_is_down_recovers_by_itself() {
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
-        child.0.try_wait().unwrap().is_none(),
-        "the binary must keep running while Redis is down, it exited: {:?}",
-        child.0.try_wait()
+        child.is_running(),
+        "the binary must keep running while Redis is down"
     );
 
     redis.restart().await;
@@ -1473,10 +1439,7 @@ async fn a_registry_started_while_redis_is_down_recovers_by_itself() {
         },
     )
     .await;
-    assert!(
-        child.0.try_wait().unwrap().is_none(),
-        "the binary still runs"
-    );
+    assert!(child.is_running(), "the binary still runs");
     assert_eq!(
         PANICS.load(Ordering::SeqCst),
         panics_before,

@@ -356,6 +356,14 @@ pub struct ReplicaProcess {
 impl ReplicaProcess {
     /// Starts a replica on `redis` with extra flags and waits until ready.
     pub async fn start(redis: &RedisProcess, extra: &[&str]) -> Self {
+        let replica = Self::spawn(redis, extra);
+        wait_ready(&replica.endpoint()).await;
+        replica
+    }
+
+    /// Starts a replica without waiting for it to be ready (e.g. while its
+    /// Redis is down).
+    pub fn spawn(redis: &RedisProcess, extra: &[&str]) -> Self {
         let port = free_port();
         let mut args: Vec<String> = [
             "--host",
@@ -382,12 +390,24 @@ impl ReplicaProcess {
             args,
             child: None,
         };
-        replica.start_again().await;
+        replica.launch();
         replica
     }
 
     /// Starts the (killed) replica again with the same flags and port.
     pub async fn start_again(&mut self) {
+        self.launch();
+        wait_ready(&self.endpoint()).await;
+    }
+
+    /// Whether the process is still running (it has not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn launch(&mut self) {
         self.kill();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_agent-registry"))
             .args(&self.args)
@@ -397,7 +417,6 @@ impl ReplicaProcess {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        wait_ready(&self.endpoint()).await;
     }
 
     /// SIGKILLs the replica and reaps it.
