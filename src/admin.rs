@@ -10,12 +10,9 @@
 //!
 //! Depends on: metrics, view, mailbox, axum.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
 };
 
 use axum::{
@@ -78,14 +75,6 @@ pub async fn serve(
     if let Err(error) = result {
         tracing::error!(%error, "metrics HTTP server failed");
     }
-}
-
-/// Binds the admin listener.
-///
-/// # Errors
-/// The OS error when the address cannot be bound.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
