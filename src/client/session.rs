@@ -100,6 +100,10 @@ impl Shared {
 }
 
 /// A registered agent kept alive in the background.
+///
+/// Call [`AgentSession::shutdown`] to deregister. Dropping the session only
+/// stops its background work: the registry then marks the agent UNHEALTHY
+/// after its TTL and removes it after the removal grace.
 pub struct AgentSession {
     shared: Arc<Shared>,
     stop: CancellationToken,
