@@ -45,7 +45,10 @@ use tonic::{
 pub use cache::DiscoveryCache;
 pub use session::{AgentSession, SessionState, TelemetryHandle};
 
-use crate::pb::{self, service_registry_client::ServiceRegistryClient};
+use crate::{
+    domain::error_chain,
+    pb::{self, service_registry_client::ServiceRegistryClient},
+};
 
 /// Why a call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -108,19 +111,6 @@ impl From<tonic::Status> for ClientError {
             message: status.message().to_owned(),
         }
     }
-}
-
-/// An error and its causes, `: `-separated (transport errors hide the
-/// useful part, e.g. "Connection refused", in their sources).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 /// Result of SDK calls.

@@ -240,6 +240,19 @@ impl Error {
     }
 }
 
+/// An error and its causes, `: `-separated: what logs and messages show, since
+/// the useful part (e.g. "Connection refused") often sits in a source.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
 /// Result of registry operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

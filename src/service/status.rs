@@ -5,7 +5,10 @@
 
 use tonic::{Code, Status};
 
-use crate::{domain::Error, outbox::StreamEnd};
+use crate::{
+    domain::{Error, error_chain},
+    outbox::StreamEnd,
+};
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
@@ -17,11 +20,11 @@ impl From<Error> for Status {
             ),
             Error::PermissionDenied => Status::permission_denied(error.to_string()),
             Error::Unavailable { source } => {
-                tracing::warn!(error = %chain(source.as_ref()), "store unavailable");
+                tracing::warn!(error = %error_chain(source.as_ref()), "store unavailable");
                 Status::unavailable("registry store unavailable; retry later")
             }
             Error::Internal { source } => {
-                tracing::error!(error = %chain(source.as_ref()), "internal error");
+                tracing::error!(error = %error_chain(source.as_ref()), "internal error");
                 Status::internal("internal error")
             }
         }
@@ -47,17 +50,6 @@ pub fn stream_end(end: StreamEnd) -> Status {
 /// Streams end with this when the server stops.
 pub fn shutting_down() -> Status {
     Status::unavailable("registry is shutting down")
-}
-
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -36,6 +36,7 @@ use super::{
 use crate::domain::{
     Agent, AgentId, ChangeKind, Error, Millis, Notification, Result, Revision, Telemetry,
     clock::{Clock, SystemClock},
+    error_chain,
 };
 
 pub use listener::MailboxInterest;
@@ -284,17 +285,6 @@ impl RedisStore {
         }
         result
     }
-}
-
-fn error_chain(error: &Error) -> String {
-    let mut out = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 impl Store for RedisStore {
