@@ -117,7 +117,7 @@ impl Mailboxes {
     pub fn close_agent(&self, agent_id: AgentId) {
         if let Some(agent) = self.lock().remove(&agent_id) {
             for outbox in agent.values() {
-                outbox.close(StreamEnd::AgentRemoved);
+                outbox.close(StreamEnd::AgentRemoved(agent_id));
             }
         }
     }

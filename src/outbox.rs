@@ -7,6 +7,8 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::sync::mpsc;
 
+use crate::domain::AgentId;
+
 /// Why a stream's queue ended.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum StreamEnd {
@@ -15,7 +17,7 @@ pub enum StreamEnd {
     /// The registry lost its event feed and rebuilt its state.
     FeedReset,
     /// The agent the stream is about was removed.
-    AgentRemoved,
+    AgentRemoved(AgentId),
     /// The producer went away (the registry is stopping).
     Closed,
 }
@@ -109,10 +111,13 @@ mod tests {
     #[tokio::test]
     async fn first_reason_wins() {
         let (out, mut inbox) = channel::<u8>(1);
-        out.close(StreamEnd::AgentRemoved);
+        out.close(StreamEnd::AgentRemoved(AgentId::from_bytes([0; 16])));
         out.close(StreamEnd::Lagged);
         drop(out);
-        assert_eq!(inbox.recv().await, Err(StreamEnd::AgentRemoved));
+        assert_eq!(
+            inbox.recv().await,
+            Err(StreamEnd::AgentRemoved(AgentId::from_bytes([0; 16])))
+        );
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use std::{
     hash::{Hash, Hasher},
     sync::{
         Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -93,6 +93,8 @@ pub struct View {
     synced: watch::Sender<bool>,
     /// Round-robin position per query fingerprint.
     rotations: Mutex<HashMap<u64, u64>>,
+    /// Set by the first [`View::reset`]: the index was loaded once.
+    loaded: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -179,7 +181,8 @@ impl Index {
             .unwrap_or(self.agents.len())
     }
 
-    /// RANKED discover by walking the status partition in rank order, when
+    /// RANKED discover by walking the status partitions in rank order (for
+    /// `HEALTHY`, the HEALTHY partition, then the DEGRADED fallback), when
     /// matches are dense enough for that to beat scanning the capability
     /// set. `None`: the walk would not pay off (or exceeded its budget).
     fn discover_by_rank(&self, query: &DiscoverQuery, status: Status) -> Option<Vec<Arc<Agent>>> {
@@ -194,15 +197,24 @@ impl Index {
         } else {
             set.saturating_mul(2)
         };
+        let groups: &[Status] = match status {
+            Status::Healthy => &[Status::Healthy, Status::Degraded],
+            Status::Degraded => &[Status::Degraded],
+            Status::Unhealthy => &[Status::Unhealthy],
+        };
         let mut out = Vec::with_capacity(query.max_results);
-        for (visited, agent) in self.by_rank[rank_slot(status)].values().enumerate() {
-            if visited >= budget {
-                return None;
-            }
-            if agent.has_all(&query.capabilities) && query.filter.matches(agent) {
-                out.push(agent.clone());
-                if out.len() == query.max_results {
-                    break;
+        let mut visited = 0usize;
+        for group in groups {
+            for agent in self.by_rank[rank_slot(*group)].values() {
+                if visited >= budget {
+                    return None;
+                }
+                visited += 1;
+                if agent.has_all(&query.capabilities) && query.filter.matches_except_status(agent) {
+                    out.push(agent.clone());
+                    if out.len() == query.max_results {
+                        return Some(out);
+                    }
                 }
             }
         }
@@ -252,6 +264,7 @@ impl View {
             next_watcher: AtomicU64::new(1),
             applied,
             rotations: Mutex::new(HashMap::new()),
+            loaded: AtomicBool::new(false),
         })
     }
 
@@ -304,6 +317,7 @@ impl View {
         self.end_watchers(StreamEnd::FeedReset);
         drop(index);
         self.applied.send_replace(snapshot.revision);
+        self.loaded.store(true, Ordering::Release);
         self.synced.send_replace(true);
     }
 
@@ -313,6 +327,11 @@ impl View {
     pub fn desync(&self) {
         self.synced.send_replace(false);
         self.end_watchers(StreamEnd::FeedReset);
+    }
+
+    /// Whether the index was ever loaded from the store.
+    pub fn has_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
     }
 
     /// Whether the index follows the store right now.

@@ -524,6 +524,7 @@ async fn register(args: RegisterArgs, client: &RegistryClient, out: &Printer) ->
         cluster: args.cluster.unwrap_or_default(),
         version: args.version.unwrap_or_default(),
         telemetry: None,
+        health_check: None,
         endpoint: args.agent_endpoint.unwrap_or_default(),
         ttl_seconds: args
             .ttl
@@ -690,6 +691,7 @@ async fn watch(args: WatchArgs, client: &RegistryClient, out: &Printer) -> Outco
             capabilities: args.capabilities,
             namespace: args.namespace.unwrap_or_default(),
             send_initial_snapshot: args.snapshot,
+            ..pb::WatchAgentsRequest::default()
         })
         .await?;
     out.event_header()?;

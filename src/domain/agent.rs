@@ -60,6 +60,31 @@ pub struct Registration {
     pub ttl_secs: u32,
 }
 
+/// The metadata key legacy readers take an agent's address from.
+pub const ENDPOINT_METADATA_KEY: &str = "endpoint";
+
+impl Registration {
+    /// Mirrors the endpoint both ways (BEHAVIOUR.md §7): an `endpoint` with
+    /// no `metadata["endpoint"]` is copied there, and a valid
+    /// `metadata["endpoint"]` (`host:port`) fills an empty `endpoint`. When
+    /// both are given they are kept as sent. Runs after validation, so the
+    /// mirrored entry does not count against the metadata limit.
+    pub fn mirror_endpoint(&mut self) {
+        match self.metadata.get(ENDPOINT_METADATA_KEY) {
+            None if !self.endpoint.is_empty() => {
+                self.metadata
+                    .insert(ENDPOINT_METADATA_KEY.to_owned(), self.endpoint.clone());
+            }
+            Some(address) if self.endpoint.is_empty() => {
+                if let Ok(valid) = super::validate::endpoint(address.clone()) {
+                    self.endpoint = valid;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A registered agent as the registry knows it. The token hash is not here:
 /// it stays inside the store, so views, events and responses cannot leak it.
 #[derive(Clone, Debug, PartialEq)]

@@ -87,6 +87,13 @@ impl AgentType {
         Self::ALL.into_iter().find(|t| *t as i32 == n)
     }
 
+    /// Parses a type name in any case (`worker`, `ANALYST`).
+    pub fn parse_name(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+    }
+
     /// The enum name on the wire (`WORKER`), also the metrics label.
     pub fn name(self) -> &'static str {
         match self {
@@ -205,8 +212,10 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// The agent does not exist (any more).
-    #[error("agent {0} is not registered")]
+    /// The agent does not exist (any more). The message begins with the
+    /// original service's wording, `Agente <id> não encontrado`: existing
+    /// callers re-register only when they find it (BEHAVIOUR.md §7).
+    #[error("Agente {0} não encontrado (agent is not registered; register again)")]
     NotFound(AgentId),
     /// The call needs the agent's registration token and carried none.
     #[error("registration token required")]

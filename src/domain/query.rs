@@ -20,15 +20,36 @@ pub struct AgentFilter {
     pub cluster: Option<String>,
     /// Exact version.
     pub version: Option<String>,
-    /// Exact status.
+    /// The status filter: `Healthy` selects HEALTHY *and* DEGRADED agents
+    /// (the original's "serving" meaning, BEHAVIOUR.md §4); the other two
+    /// select exactly that status.
     pub status: Option<Status>,
-    /// Metadata entries that must be present with these values.
+    /// Metadata entries that must be present with these values, except
+    /// [`SECURITY_LEVEL_KEY`], which an agent without it passes as
+    /// [`DEFAULT_SECURITY_LEVEL`].
     pub metadata: BTreeMap<String, String>,
+}
+
+/// The metadata key of an agent's security level.
+pub const SECURITY_LEVEL_KEY: &str = "security_level";
+
+/// The security level of an agent whose metadata names none.
+pub const DEFAULT_SECURITY_LEVEL: &str = "INTERNAL";
+
+/// Whether an agent of status `actual` passes the status filter `wanted`.
+pub fn status_selects(wanted: Status, actual: Status) -> bool {
+    wanted == actual || (wanted == Status::Healthy && actual == Status::Degraded)
 }
 
 impl AgentFilter {
     /// Whether `agent` passes every filter.
     pub fn matches(&self, agent: &Agent) -> bool {
+        self.status.is_none_or(|s| status_selects(s, agent.status))
+            && self.matches_except_status(agent)
+    }
+
+    /// Whether `agent` passes every filter but the status one.
+    pub fn matches_except_status(&self, agent: &Agent) -> bool {
         self.agent_type.is_none_or(|t| t == agent.agent_type)
             && self
                 .namespace
@@ -36,11 +57,13 @@ impl AgentFilter {
                 .is_none_or(|n| *n == agent.namespace)
             && self.cluster.as_ref().is_none_or(|c| *c == agent.cluster)
             && self.version.as_ref().is_none_or(|v| *v == agent.version)
-            && self.status.is_none_or(|s| s == agent.status)
             && self
                 .metadata
                 .iter()
-                .all(|(k, v)| agent.metadata.get(k) == Some(v))
+                .all(|(k, v)| match agent.metadata.get(k) {
+                    Some(have) => have == v,
+                    None => k == SECURITY_LEVEL_KEY && v == DEFAULT_SECURITY_LEVEL,
+                })
     }
 
     /// A stable fingerprint of the filter, bound into page tokens so a token
@@ -250,9 +273,30 @@ pub fn decode_page_token(token: &str, filter: &AgentFilter) -> Result<ListKey> {
     })
 }
 
-/// Orders `candidates` (any order) for a discover query and keeps at most
-/// `max_results`. `rotation` is the round-robin counter of this query.
+/// Orders `candidates` (any order, all matching the query) for a discover
+/// query and keeps at most `max_results`. DEGRADED agents are the fallback
+/// group: every other candidate comes first, whatever the strategy, and the
+/// strategy orders each group (BEHAVIOUR.md §4). `rotation` is the
+/// round-robin counter of this query.
 pub fn order_discovered<T: AsRef<Agent>>(
+    candidates: Vec<T>,
+    strategy: Strategy,
+    max_results: usize,
+    rotation: u64,
+) -> Vec<T> {
+    let (first, fallback): (Vec<T>, Vec<T>) = candidates
+        .into_iter()
+        .partition(|a| a.as_ref().status != Status::Degraded);
+    let mut out = order_group(first, strategy, max_results, rotation);
+    if out.len() < max_results {
+        let room = max_results - out.len();
+        out.extend(order_group(fallback, strategy, room, rotation));
+    }
+    out
+}
+
+/// The strategy's order of one group of candidates, at most `max_results`.
+fn order_group<T: AsRef<Agent>>(
     mut candidates: Vec<T>,
     strategy: Strategy,
     max_results: usize,

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{AgentId, Error, Result, Status, Telemetry};
+use super::{AgentId, AgentType, Error, Result, Status, Telemetry};
 
 /// Most capabilities a request may carry (after removing duplicates).
 pub const MAX_CAPABILITIES: usize = 64;
@@ -223,6 +223,26 @@ pub fn page_size(requested: i32) -> Result<Option<usize>> {
         Ok(0) => Ok(None),
         Ok(n) => Ok(Some(n.min(PAGE_SIZE_CAP))),
     }
+}
+
+/// An `agent_type` filter value: the enum name in any case (`worker`) or
+/// its number (`1`).
+///
+/// # Errors
+/// `InvalidArgument` on `filters["agent_type"]`.
+pub fn agent_type_filter(given: &str) -> Result<AgentType> {
+    let by_number = given.parse::<i32>().ok().and_then(AgentType::from_wire);
+    by_number
+        .or_else(|| AgentType::parse_name(given))
+        .ok_or_else(|| {
+            Error::invalid(
+                "filters[\"agent_type\"]",
+                format!(
+                    "{:?} is not WORKER, SCOUT, GUARD or ANALYST",
+                    truncate(given)
+                ),
+            )
+        })
 }
 
 /// A status filter value, any case.

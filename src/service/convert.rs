@@ -66,7 +66,7 @@ pub fn telemetry(t: pb::AgentTelemetry) -> Result<Telemetry> {
 
 /// The registration part of a Register request.
 pub fn registration(req: &mut pb::RegisterRequest, ttl: &TtlPolicy) -> Result<Registration> {
-    Ok(Registration {
+    let mut registration = Registration {
         agent_type: required_agent_type(req.agent_type)?,
         capabilities: validate::capabilities(std::mem::take(&mut req.capabilities), true)?,
         metadata: validate::metadata("metadata", std::mem::take(&mut req.metadata))?,
@@ -76,11 +76,14 @@ pub fn registration(req: &mut pb::RegisterRequest, ttl: &TtlPolicy) -> Result<Re
         endpoint: validate::endpoint(std::mem::take(&mut req.endpoint))?,
         telemetry: req.telemetry.take().map(telemetry).transpose()?,
         ttl_secs: validate::ttl(req.ttl_seconds, ttl.default_ttl, ttl.min_ttl, ttl.max_ttl)?,
-    })
+    };
+    registration.mirror_endpoint();
+    Ok(registration)
 }
 
-/// List/Discover filters: `namespace`, `cluster`, `version`, `status`; any
-/// other key is a metadata match.
+/// List/Discover filters: `namespace`, `cluster`, `version`, `status`,
+/// `agent_type` (as if given in the field; both must agree); any other key
+/// is a metadata match (BEHAVIOUR.md §4).
 pub fn filter(agent_type: i32, filters: HashMap<String, String>) -> Result<AgentFilter> {
     let mut filter = AgentFilter {
         agent_type: agent_type_filter(agent_type)?,
@@ -92,6 +95,16 @@ pub fn filter(agent_type: i32, filters: HashMap<String, String>) -> Result<Agent
             "cluster" => filter.cluster = Some(value),
             "version" => filter.version = Some(value),
             "status" => filter.status = Some(validate::status_filter(&value)?),
+            "agent_type" => {
+                let named = validate::agent_type_filter(&value)?;
+                if filter.agent_type.is_some_and(|t| t != named) {
+                    return Err(Error::invalid(
+                        "filters[\"agent_type\"]",
+                        format!("{value} contradicts the agent_type field"),
+                    ));
+                }
+                filter.agent_type = Some(named);
+            }
             _ => {
                 filter.metadata.insert(key, value);
             }
@@ -167,6 +180,8 @@ pub fn agent_info(agent: &Agent) -> pb::AgentInfo {
         endpoint: agent.endpoint.clone(),
         expires_at: agent.expires_at(),
         revision: agent.revision,
+        health_check: None,
+        health_output: String::new(),
     }
 }
 

@@ -16,7 +16,7 @@ use std::{
 
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tracing::instrument;
 
 use crate::{
@@ -37,6 +37,14 @@ use crate::{
 /// How long a write waits for this replica's view to apply it before
 /// answering (read-your-writes). The feed normally takes microseconds.
 const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(1);
+
+/// Longest a call waits for a replica that is still loading its view (at
+/// start, or after a reconnect) before it answers UNAVAILABLE (BEHAVIOUR.md
+/// §7: existing callers register once, without retrying).
+const LOADING_WAIT: Duration = Duration::from_secs(2);
+
+/// How often a waiting call looks again.
+const LOADING_POLL: Duration = Duration::from_millis(5);
 
 /// Response metadata set on reads served while the store is unreachable.
 pub const STALE_METADATA_KEY: &str = "x-registry-stale";
@@ -139,13 +147,40 @@ impl<S: Store> RegistryService<S> {
     /// A replica whose view does not follow a reachable store refuses writes
     /// (it could not show the client its own write) and new streams (it
     /// could not promise them completeness), before touching the store.
-    fn refuse_while_unavailable(&self) -> Result<(), Status> {
-        if self.is_current() {
+    /// While the store is merely still loading, the call waits for it (up to
+    /// [`LOADING_WAIT`] or the call's deadline); a store known to be down
+    /// refuses at once.
+    async fn refuse_while_unavailable(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        if self.wait_current(metadata).await {
             Ok(())
         } else {
-            Err(Status::unavailable(
-                "registry store unavailable; retry later",
-            ))
+            Err(status::store_unavailable())
+        }
+    }
+
+    /// Waits while this replica is loading its view and the store is not
+    /// known to be down. Returns whether the view is current.
+    async fn wait_current(&self, metadata: &MetadataMap) -> bool {
+        if self.is_current() {
+            return true;
+        }
+        let bound = call_deadline(metadata).map_or(LOADING_WAIT, |d| d.min(LOADING_WAIT));
+        let started = Instant::now();
+        while !self.store.is_down() && !self.shutdown.is_cancelled() && started.elapsed() < bound {
+            tokio::time::sleep(LOADING_POLL).await;
+            if self.is_current() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Reads on a replica that has not loaded its view even once would
+    /// answer from nothing: they wait for the first load like writes do.
+    /// Afterwards reads never wait (stale but available, BEHAVIOUR.md §5).
+    async fn await_first_load(&self, metadata: &MetadataMap) {
+        if !self.view.has_loaded() {
+            self.wait_current(metadata).await;
         }
     }
 
@@ -182,6 +217,27 @@ impl<S: Store> RegistryService<S> {
     }
 }
 
+/// The call's deadline from its `grpc-timeout` header (digits and a unit:
+/// `H`, `M`, `S`, `m`, `u`, `n`), if it sent one that parses.
+fn call_deadline(metadata: &MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let split = value.len().checked_sub(1)?;
+    let (digits, unit) = (value.get(..split)?, value.get(split..)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 fn record_agent_id(id: &impl std::fmt::Display) {
     tracing::Span::current().record("agent_id", tracing::field::display(id));
 }
@@ -214,7 +270,7 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
                 require_token: self.require_token,
                 fresh_token: Token::mint()?,
             };
-            self.refuse_while_unavailable()?;
+            self.refuse_while_unavailable(&metadata).await?;
             let registered = self.store.register(cmd, self.clock.now()).await?;
             record_agent_id(&registered.agent.id);
             self.settle(registered.revision).await;
@@ -249,7 +305,7 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
                 owner,
                 telemetry,
             };
-            self.refuse_while_unavailable()?;
+            self.refuse_while_unavailable(&metadata).await?;
             let done = self.store.heartbeat(cmd, self.clock.now()).await?;
             self.settle(done.revision).await;
             Ok(Response::new(pb::HeartbeatResponse {
@@ -271,7 +327,7 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
             let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
             record_agent_id(&agent_id);
             let owner = self.owner(convert::presented_token(req.registration_token, &metadata));
-            self.refuse_while_unavailable()?;
+            self.refuse_while_unavailable(&metadata).await?;
             let removed = self
                 .store
                 .deregister(agent_id, owner, self.clock.now())
@@ -292,7 +348,9 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         request: Request<pb::DiscoverRequest>,
     ) -> Result<Response<pb::DiscoverResponse>, Status> {
         self.observe("discover_agents", Some(Counted::Discover), async move {
-            let query = convert::discover_query(request.into_inner())?;
+            let (metadata, _, req) = request.into_parts();
+            let query = convert::discover_query(req)?;
+            self.await_first_load(&metadata).await;
             let agents = self.view.discover(&query);
             Ok(self.read_response(pb::DiscoverResponse {
                 agents: agents.iter().map(|a| convert::agent_info(a)).collect(),
@@ -310,6 +368,7 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         self.observe("get_agent", None, async move {
             let agent_id = validate::agent_id("agent_id", &request.get_ref().agent_id)?;
             record_agent_id(&agent_id);
+            self.await_first_load(request.metadata()).await;
             let agent = self
                 .view
                 .get(agent_id)
@@ -327,13 +386,14 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         self.observe("list_agents", None, async move {
-            let req = request.into_inner();
+            let (metadata, _, req) = request.into_parts();
             let filter = convert::filter(req.agent_type, req.filters)?;
             let page_size = validate::page_size(req.page_size)?;
             let after = match req.page_token.as_str() {
                 "" => None,
                 token => Some(decode_page_token(token, &filter)?),
             };
+            self.await_first_load(&metadata).await;
             let (agents, next) = self.view.list(&filter, after, page_size);
             Ok(self.read_response(pb::ListAgentsResponse {
                 agents: agents.iter().map(|a| convert::agent_info(a)).collect(),
@@ -353,9 +413,9 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         request: Request<pb::WatchAgentsRequest>,
     ) -> Result<Response<Self::WatchAgentsStream>, Status> {
         self.observe("watch_agents", None, async move {
-            let mut req = request.into_inner();
+            let (metadata, _, mut req) = request.into_parts();
             let selection = convert::watch_selection(&mut req)?;
-            self.refuse_while_unavailable()?;
+            self.refuse_while_unavailable(&metadata).await?;
             let watch = self.view.watch(selection, req.send_initial_snapshot);
             let stream = streams::watch(
                 watch,
@@ -374,7 +434,7 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         request: Request<pb::NotifyAgentRequest>,
     ) -> Result<Response<pb::NotifyAgentResponse>, Status> {
         self.observe("notify_agent", Some(Counted::Notify), async move {
-            let req = request.into_inner();
+            let (metadata, _, req) = request.into_parts();
             let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
             record_agent_id(&agent_id);
             let cmd = NotifyCommand {
@@ -383,7 +443,7 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
                 message: validate::message(req.message)?,
                 metadata: validate::metadata("metadata", req.metadata)?,
             };
-            self.refuse_while_unavailable()?;
+            self.refuse_while_unavailable(&metadata).await?;
             let notified = self.store.notify(cmd, self.clock.now()).await?;
             let notification = notified.notification;
             let delivered = match notified.receivers {
@@ -416,7 +476,7 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
             record_agent_id(&agent_id);
             let after = validate::after_notification_id(&req.after_notification_id)?;
             let owner = self.owner(convert::presented_token(req.registration_token, &metadata));
-            self.refuse_while_unavailable()?;
+            self.refuse_while_unavailable(&metadata).await?;
             // Subscribe first, then read the backlog: nothing falls in between.
             let interest = self.store.watch_mailbox(agent_id).await?;
             let subscription = self.mailboxes.subscribe(agent_id);

@@ -21,7 +21,7 @@ impl From<Error> for Status {
             Error::PermissionDenied => Status::permission_denied(error.to_string()),
             Error::Unavailable { source } => {
                 tracing::warn!(error = %error_chain(source.as_ref()), "store unavailable");
-                Status::unavailable("registry store unavailable; retry later")
+                store_unavailable()
             }
             Error::Internal { source } => {
                 tracing::error!(error = %error_chain(source.as_ref()), "internal error");
@@ -42,9 +42,15 @@ pub fn stream_end(end: StreamEnd) -> Status {
             Code::Aborted,
             "registry lost its event feed; watch again with send_initial_snapshot (or resume by id)",
         ),
-        StreamEnd::AgentRemoved => Status::not_found("agent was removed"),
+        StreamEnd::AgentRemoved(id) => Status::from(Error::NotFound(id)),
         StreamEnd::Closed => shutting_down(),
     }
+}
+
+/// A call refused because this replica's view does not follow a reachable
+/// store.
+pub fn store_unavailable() -> Status {
+    Status::unavailable("registry store unavailable; retry later")
 }
 
 /// Streams end with this when the server stops.

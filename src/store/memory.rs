@@ -287,6 +287,10 @@ impl Store for MemoryStore {
         true
     }
 
+    fn is_down(&self) -> bool {
+        false
+    }
+
     async fn open_mailbox(
         &self,
         agent_id: AgentId,

@@ -209,6 +209,14 @@ pub trait Store: Send + Sync + 'static {
     /// false, reads are served stale and new streams are refused.
     fn is_available(&self) -> bool;
 
+    /// Whether the store is known to be unreachable right now: a command or
+    /// the feed's connection failed, and nothing has succeeded since. False
+    /// while the store is merely still connecting or loading, when callers
+    /// wait for it rather than fail (BEHAVIOUR.md §7).
+    fn is_down(&self) -> bool {
+        !self.is_available()
+    }
+
     /// Checks that the caller owns the agent and returns its backlog after
     /// `after` (the whole backlog when `after` is older than it).
     ///

@@ -345,6 +345,7 @@ pub async fn reregister_with_id_and_token_replaces_the_agent_in_place(backend: B
         ttl_seconds: 40,
         agent_id: created.agent_id.clone(),
         registration_token: created.registration_token.clone(),
+        health_check: None,
     };
     let replaced = register(&mut client, second).await;
     assert_eq!(replaced.agent_id, created.agent_id, "same id");

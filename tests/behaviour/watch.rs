@@ -35,6 +35,7 @@ fn watch_request(
         capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
         namespace: namespace.to_string(),
         send_initial_snapshot,
+        ..pb::WatchAgentsRequest::default()
     }
 }
 

@@ -44,6 +44,10 @@ pub struct Listener {
     feed: broadcast::Sender<FeedMessage>,
     /// Subscribed to the changes channel and answering pings.
     connected: AtomicBool,
+    /// The last attempt to connect failed, or the connection was lost and
+    /// not yet made again: Redis is known to be unreachable (not merely
+    /// still connecting).
+    failed: AtomicBool,
     /// The live connection's command half and its mailbox subscriptions.
     /// An async lock: (un)subscribing awaits Redis while holding it, which
     /// keeps subscribe/unsubscribe of one channel in order.
@@ -112,6 +116,7 @@ impl Listener {
             keys,
             feed,
             connected: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             sink: tokio::sync::Mutex::new(SinkState::default()),
             interests: Mutex::new(HashMap::new()),
             release,
@@ -127,6 +132,12 @@ impl Listener {
     /// Whether the changes channel is subscribed right now.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+
+    /// Whether the last connection attempt failed or the connection was
+    /// lost since (false at start, before the first attempt ends).
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     /// Routes `agent_id`'s notifications to this replica's feed while the
@@ -206,8 +217,10 @@ impl Listener {
                         tracing::warn!("Redis pub/sub connection lost; reconnecting");
                     }
                     was_connected = false;
+                    self.failed.store(true, Ordering::Release);
                 }
                 Err(error) => {
+                    self.failed.store(true, Ordering::Release);
                     tracing::debug!(%error, "Redis pub/sub unreachable; retrying");
                 }
             }
@@ -249,6 +262,7 @@ impl Listener {
             state.subscribed.clear();
         }
         self.connected.store(true, Ordering::Release);
+        self.failed.store(false, Ordering::Release);
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -88,6 +88,9 @@ pub struct RedisStore {
     grace_ms: i64,
     /// Whether the last command reached Redis.
     commands_ok: AtomicBool,
+    /// Whether the last command failed to reach Redis (both flags are false
+    /// before the first command: not known yet).
+    commands_failed: AtomicBool,
     /// The highest revision this replica has seen (replies, feed,
     /// snapshots); passed to every script as a floor, so revisions never go
     /// backwards even if Redis comes back from an older snapshot.
@@ -237,6 +240,7 @@ impl RedisStore {
             feed,
             grace_ms: i64::try_from(config.removal_grace.as_millis()).unwrap_or(i64::MAX / 4),
             commands_ok: AtomicBool::new(false),
+            commands_failed: AtomicBool::new(false),
             highest,
         })
     }
@@ -274,16 +278,22 @@ impl RedisStore {
             Ok(result) => result,
             Err(_) => Err(unavailable("Redis did not answer in time")),
         };
+        self.note_reachability(&result);
+        result
+    }
+
+    /// Records whether a command reached Redis, and logs when that changes.
+    fn note_reachability<T>(&self, result: &Result<T>) {
         let reachable = !matches!(result, Err(Error::Unavailable { .. }));
+        self.commands_failed.store(!reachable, Ordering::Release);
         let was = self.commands_ok.swap(reachable, Ordering::AcqRel);
         if was != reachable {
             if reachable {
                 tracing::info!("Redis reachable");
-            } else if let Err(error) = &result {
+            } else if let Err(error) = result {
                 tracing::warn!(error = %error_chain(error), "Redis unreachable");
             }
         }
-        result
     }
 }
 
@@ -481,6 +491,10 @@ impl Store for RedisStore {
         self.listener.is_connected() && self.commands_ok.load(Ordering::Acquire)
     }
 
+    fn is_down(&self) -> bool {
+        self.listener.has_failed() || self.commands_failed.load(Ordering::Acquire)
+    }
+
     async fn open_mailbox(
         &self,
         agent_id: AgentId,
@@ -534,9 +548,13 @@ impl Store for RedisStore {
                 .map_err(classify)
         };
         let reply = match tokio::time::timeout(SNAPSHOT_TIMEOUT, snapshot).await {
-            Ok(reply) => items(reply?)?,
-            Err(_) => return Err(unavailable("snapshot did not arrive in time")),
+            Ok(reply) => reply,
+            Err(_) => Err(unavailable("snapshot did not arrive in time")),
         };
+        // A snapshot that arrived is proof Redis answers: the first client
+        // call after start need not wait for some other command to say so.
+        self.note_reachability(&reply);
+        let reply = items(reply?)?;
         let revision = reply.first().map(int).transpose()?.unwrap_or(0);
         let revision = u64::try_from(revision).unwrap_or(0);
         self.saw(revision);
