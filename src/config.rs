@@ -1,8 +1,11 @@
-//! Command-line flags and environment variables (BEHAVIOUR.md §1).
+//! Command-line flags and environment variables (BEHAVIOUR.md §1, §7, §8).
 //!
 //! [`Config`] is what clap parses; [`Config::settings`] checks what clap alone
-//! cannot (cross-field rules) and yields the typed [`Settings`] the server runs
+//! cannot (cross-field rules), understands the original Python service's
+//! environment ([`legacy`]) and yields the typed [`Settings`] the server runs
 //! with. Depends on: nothing but clap.
+
+pub mod legacy;
 
 use std::{fmt, net::IpAddr, time::Duration};
 
@@ -21,24 +24,39 @@ pub struct Config {
     /// gRPC bind address.
     #[arg(long, env = "SERVICE_REGISTRY_HOST", default_value = "0.0.0.0")]
     pub host: IpAddr,
-    /// gRPC port (0 = pick a free port and log it).
-    #[arg(long, env = "SERVICE_REGISTRY_PORT", default_value_t = 50051)]
-    pub port: u16,
+    /// gRPC port (0 = pick a free port and log it) [default: 50051, or the
+    /// original's GRPC_PORT].
+    #[arg(long, env = "SERVICE_REGISTRY_PORT")]
+    pub port: Option<u16>,
     /// HTTP port for /metrics, /healthz and /readyz (0 = pick a free port).
     #[arg(long, env = "METRICS_PORT", default_value_t = 9090)]
     pub metrics_port: u16,
     /// Backing store: memory, redis, or auto (redis when a Redis URL is set).
     #[arg(long, env = "REGISTRY_STORE", value_enum, default_value_t = StoreChoice::Auto)]
     pub store: StoreChoice,
-    /// redis:// or rediss:// URL, with password and database if needed.
+    /// redis:// or rediss:// URL, with password and database if needed
+    /// [default: the first of the original's ETCD_ENDPOINTS].
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
-    /// Namespace of every Redis key and channel.
-    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "registry")]
-    pub redis_prefix: String,
-    /// Seconds: TTL of an agent that asks for none.
-    #[arg(long, env = "HEARTBEAT_TIMEOUT", default_value_t = 60)]
-    pub heartbeat_timeout: u32,
+    /// Redis nodes, `host:port,host:port` or a JSON list. Nodes that are not
+    /// a Redis Cluster are used as one plain Redis at the first address.
+    #[arg(long, env = "REDIS_CLUSTER_NODES")]
+    pub redis_cluster_nodes: Option<String>,
+    /// Username for Redis nodes named without a URL that carries one.
+    #[arg(long, env = "REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+    /// Password for Redis nodes named without a URL that carries one
+    /// (secret: never logged).
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+    /// Namespace of every Redis key and channel [default: registry, or the
+    /// original's ETCD_PREFIX].
+    #[arg(long, env = "REDIS_KEY_PREFIX")]
+    pub redis_prefix: Option<String>,
+    /// Seconds: TTL of an agent that asks for none [default: 60, or the
+    /// original's HEARTBEAT_TIMEOUT_SECONDS].
+    #[arg(long, env = "HEARTBEAT_TIMEOUT")]
+    pub heartbeat_timeout: Option<u32>,
     /// Seconds: lower bound a requested ttl_seconds is clamped to.
     #[arg(long, env = "MIN_TTL", default_value_t = 1)]
     pub min_ttl: u32,
@@ -49,15 +67,15 @@ pub struct Config {
     #[arg(long, env = "REMOVAL_GRACE", default_value_t = 60)]
     pub removal_grace: u32,
     /// When false, calls that omit the registration token are accepted
-    /// (legacy clients); a wrong token is still refused.
+    /// (legacy clients); a wrong token is still refused [default: true; false
+    /// when the environment is the original service's].
     #[arg(
         long,
         env = "REQUIRE_REGISTRATION_TOKEN",
-        default_value_t = true,
         action = ArgAction::Set,
         value_parser = BoolishValueParser::new()
     )]
-    pub require_token: bool,
+    pub require_token: Option<bool>,
     /// Log format: text or json. The level comes from RUST_LOG (default info).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -125,6 +143,8 @@ pub struct Settings {
     pub require_token: bool,
     /// Log output format.
     pub log_format: LogFormat,
+    /// What start-up must say about the original service's environment.
+    pub legacy: legacy::Report,
 }
 
 /// A setting that clap parsed but that does not make sense with the others.
@@ -155,6 +175,37 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the first setting at fault.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
+        self.settings_with(&legacy::LegacyEnv::from_process())
+    }
+
+    /// [`Config::settings`] with the original service's variables taken
+    /// from `env` rather than from the process environment.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first setting at fault.
+    pub fn settings_with(&self, env: &legacy::LegacyEnv) -> Result<Settings, ConfigError> {
+        let mut report = legacy::Report::default();
+        let port = match self.port {
+            Some(port) => port,
+            None => report.used("GRPC_PORT", env.port()?).unwrap_or(DEFAULT_PORT),
+        };
+        let heartbeat_timeout = match self.heartbeat_timeout {
+            Some(secs) => secs,
+            None => report
+                .used("HEARTBEAT_TIMEOUT_SECONDS", env.heartbeat_timeout()?)
+                .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT),
+        };
+        let redis_prefix = match &self.redis_prefix {
+            Some(prefix) => prefix.clone(),
+            None => report
+                .used("ETCD_PREFIX", env.prefix())
+                .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_owned()),
+        };
+        let credentials = legacy::Credentials {
+            username: self.redis_username.clone().filter(|u| !u.is_empty()),
+            password: self.redis_password.clone().filter(|p| !p.is_empty()),
+        };
+        let redis_url = self.redis_url(env, &credentials, &mut report)?;
         if self.min_ttl == 0 {
             return Err(ConfigError::new(
                 "--min-ttl (MIN_TTL)",
@@ -170,14 +221,13 @@ impl Config {
                 ),
             ));
         }
-        if self.heartbeat_timeout == 0 {
+        if heartbeat_timeout == 0 {
             return Err(ConfigError::new(
                 "--heartbeat-timeout (HEARTBEAT_TIMEOUT)",
                 "must be at least 1",
             ));
         }
-        let redis_url = self.redis_url.as_deref().filter(|u| !u.is_empty());
-        let store = match (self.store, redis_url) {
+        let store = match (self.store, redis_url.as_deref()) {
             (StoreChoice::Memory, _) | (StoreChoice::Auto, None) => StoreSettings::Memory,
             (StoreChoice::Redis | StoreChoice::Auto, Some(url)) => {
                 if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
@@ -186,7 +236,7 @@ impl Config {
                         "must start with redis:// or rediss://",
                     ));
                 }
-                if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}']) {
+                if redis_prefix.is_empty() || redis_prefix.contains(['{', '}']) {
                     return Err(ConfigError::new(
                         "--redis-prefix (REDIS_KEY_PREFIX)",
                         "must be non-empty and contain no braces",
@@ -194,7 +244,7 @@ impl Config {
                 }
                 StoreSettings::Redis {
                     url: url.to_owned(),
-                    prefix: self.redis_prefix.clone(),
+                    prefix: redis_prefix,
                 }
             }
             (StoreChoice::Redis, None) => {
@@ -204,21 +254,73 @@ impl Config {
                 ));
             }
         };
+        // The original's callers never send a token: with its environment
+        // and no explicit choice, tokens are not required (BEHAVIOUR.md §7).
+        let require_token = match self.require_token {
+            Some(required) => required,
+            None if env.any_present() => {
+                report.tokens_relaxed = true;
+                false
+            }
+            None => true,
+        };
+        report.present = env.present();
         Ok(Settings {
-            grpc_addr: (self.host, self.port).into(),
+            grpc_addr: (self.host, port).into(),
             metrics_addr: (self.host, self.metrics_port).into(),
             store,
             ttl: TtlPolicy {
-                default_ttl: self.heartbeat_timeout,
+                default_ttl: heartbeat_timeout,
                 min_ttl: self.min_ttl,
                 max_ttl: self.max_ttl,
                 removal_grace: Duration::from_secs(u64::from(self.removal_grace)),
             },
-            require_token: self.require_token,
+            require_token,
             log_format: self.log_format,
+            legacy: report,
         })
     }
+
+    /// The Redis URL: `--redis-url`, else the first of `--redis-cluster-nodes`
+    /// (used as one plain Redis), else the first of the original's
+    /// `ETCD_ENDPOINTS`; credentials fill in what a URL does not carry.
+    fn redis_url(
+        &self,
+        env: &legacy::LegacyEnv,
+        credentials: &legacy::Credentials,
+        report: &mut legacy::Report,
+    ) -> Result<Option<String>, ConfigError> {
+        let url = self.redis_url.as_deref().filter(|u| !u.is_empty());
+        let nodes = self.redis_cluster_nodes.as_deref().filter(|n| !n.is_empty());
+        if let (Some(_), Some(_)) = (url, nodes) {
+            return Err(ConfigError::new(
+                "--redis-url (REDIS_URL)",
+                "give either --redis-url or --redis-cluster-nodes (REDIS_CLUSTER_NODES), not both",
+            ));
+        }
+        if let Some(url) = url {
+            return Ok(Some(credentials.apply(url)));
+        }
+        if let Some(nodes) = nodes {
+            let first = legacy::first_node("--redis-cluster-nodes (REDIS_CLUSTER_NODES)", nodes)?;
+            return Ok(Some(credentials.url_for(&first)));
+        }
+        match env.redis_endpoint()? {
+            Some(first) => {
+                report.used.push("ETCD_ENDPOINTS");
+                Ok(Some(credentials.url_for(&first)))
+            }
+            None => Ok(None),
+        }
+    }
 }
+
+/// The gRPC port when nothing names one.
+pub const DEFAULT_PORT: u16 = 50051;
+/// The TTL of an agent that asks for none, when nothing names one.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: u32 = 60;
+/// The Redis key prefix when nothing names one.
+pub const DEFAULT_REDIS_PREFIX: &str = "registry";
 
 /// Redacts the password of a Redis URL (`redis://user:secret@host` →
 /// `redis://user:***@host`) so the effective configuration can be logged.
@@ -255,6 +357,7 @@ impl fmt::Debug for Settings {
             .field("ttl", &self.ttl)
             .field("require_token", &self.require_token)
             .field("log_format", &self.log_format)
+            .field("legacy_env", &self.legacy.present)
             .finish()
     }
 }
@@ -272,28 +375,158 @@ impl fmt::Debug for Config {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
         Config::try_parse_from(std::iter::once("agent-registry").chain(args.iter().copied()))
     }
 
+    use legacy::LegacyEnv;
+
+    fn settings(args: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse(args)
+            .unwrap()
+            .settings_with(&LegacyEnv::from_lookup(|name| env.get(name).cloned()))
+    }
+
+    fn redis_url(s: &Settings) -> &str {
+        match &s.store {
+            StoreSettings::Redis { url, .. } => url,
+            StoreSettings::Memory => panic!("memory store"),
+        }
+    }
+
     #[test]
     fn defaults_match_the_behaviour_table() {
         let c = parse(&[]).unwrap();
-        assert_eq!(c.port, 50051);
         assert_eq!(c.metrics_port, 9090);
-        assert_eq!(c.heartbeat_timeout, 60);
         assert_eq!((c.min_ttl, c.max_ttl, c.removal_grace), (1, 3600, 60));
-        assert!(c.require_token);
-        assert_eq!(c.redis_prefix, "registry");
+        let s = settings(&[], &[]).unwrap();
+        assert_eq!(s.grpc_addr.port(), 50051);
+        assert_eq!(s.ttl.default_ttl, 60);
+        assert!(s.require_token);
+        assert_eq!(s.store, StoreSettings::Memory);
+        assert!(!s.legacy.tokens_relaxed && s.legacy.present.is_empty());
     }
 
     #[test]
     fn booleans_take_a_value() {
-        assert!(!parse(&["--require-token", "false"]).unwrap().require_token);
-        assert!(parse(&["--require-token", "true"]).unwrap().require_token);
+        let s = |v: &str| parse(&["--require-token", v]).unwrap().require_token;
+        assert_eq!(s("false"), Some(false));
+        assert_eq!(s("true"), Some(true));
         assert!(parse(&["--require-token", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn the_originals_environment_is_understood() {
+        let s = settings(
+            &[],
+            &[
+                ("GRPC_PORT", "50070"),
+                ("HEARTBEAT_TIMEOUT_SECONDS", "45"),
+                ("ETCD_ENDPOINTS", r#"["redis-master:6379","redis-b:6379"]"#),
+                ("ETCD_PREFIX", "neural-hive"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.grpc_addr.port(), 50070);
+        assert_eq!(s.ttl.default_ttl, 45);
+        assert_eq!(
+            s.store,
+            StoreSettings::Redis {
+                url: "redis://redis-master:6379".into(),
+                prefix: "neural-hive".into(),
+            }
+        );
+        assert!(!s.require_token, "the original's callers send no token");
+        assert!(s.legacy.tokens_relaxed);
+        assert_eq!(
+            s.legacy.used,
+            vec!["GRPC_PORT", "HEARTBEAT_TIMEOUT_SECONDS", "ETCD_PREFIX", "ETCD_ENDPOINTS"]
+        );
+    }
+
+    #[test]
+    fn ours_win_over_the_originals() {
+        let env = [
+            ("GRPC_PORT", "50070"),
+            ("HEARTBEAT_TIMEOUT_SECONDS", "45"),
+            ("ETCD_ENDPOINTS", "old:6379"),
+            ("ETCD_PREFIX", "old"),
+        ];
+        let s = settings(
+            &[
+                "--port",
+                "50080",
+                "--heartbeat-timeout",
+                "30",
+                "--redis-url",
+                "redis://new:6379",
+                "--redis-prefix",
+                "new",
+                "--require-token",
+                "true",
+            ],
+            &env,
+        )
+        .unwrap();
+        assert_eq!(s.grpc_addr.port(), 50080);
+        assert_eq!(s.ttl.default_ttl, 30);
+        assert_eq!(redis_url(&s), "redis://new:6379");
+        assert!(s.require_token, "an explicit REQUIRE_REGISTRATION_TOKEN wins");
+        assert!(s.legacy.used.is_empty());
+        assert!(!s.legacy.tokens_relaxed);
+    }
+
+    #[test]
+    fn cluster_nodes_and_password_make_a_plain_redis_url() {
+        let s = settings(
+            &[],
+            &[
+                ("REDIS_CLUSTER_NODES", "redis-0:6379,redis-1:6379"),
+                ("REDIS_PASSWORD", "s3cr@t"),
+            ],
+        );
+        // REDIS_CLUSTER_NODES and REDIS_PASSWORD are read by clap as ours;
+        // here only the legacy lookup sees them, so parse them as flags.
+        assert!(s.unwrap().legacy.tokens_relaxed);
+        let s = settings(
+            &[
+                "--redis-cluster-nodes",
+                r#"["redis-0:6379"]"#,
+                "--redis-password",
+                "s3cr@t",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(redis_url(&s), "redis://:s3cr%40t@redis-0:6379");
+        assert!(format!("{s:?}").contains("***"), "{s:?}");
+        assert!(!format!("{s:?}").contains("s3cr"), "{s:?}");
+    }
+
+    #[test]
+    fn one_redis_topology_at_a_time() {
+        let err = settings(
+            &["--redis-url", "redis://a:1", "--redis-cluster-nodes", "b:1"],
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("--redis-url"));
+    }
+
+    #[test]
+    fn bad_legacy_values_name_the_variable() {
+        let err = settings(&[], &[("GRPC_PORT", "x")]).unwrap_err();
+        assert!(err.to_string().starts_with("GRPC_PORT"));
+        let err = settings(&[], &[("ETCD_ENDPOINTS", "[oops")]).unwrap_err();
+        assert!(err.to_string().starts_with("ETCD_ENDPOINTS"));
     }
 
     #[test]

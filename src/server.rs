@@ -16,7 +16,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::{
     admin::{self, AdminState, Readiness},
-    config::{Settings, StoreSettings},
+    config::{Settings, StoreSettings, legacy},
     domain::clock::{Clock, SystemClock},
     feed,
     health::{self, HealthStatus},
@@ -164,6 +164,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     if !view.wait_synced(INITIAL_SYNC_WAIT).await {
         tracing::warn!("store not reachable yet; not serving until it is");
     }
+    log_legacy_environment(&settings.legacy);
     tracing::info!(
         grpc = %grpc_addr,
         metrics = %metrics_addr,
@@ -176,6 +177,26 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         shutdown,
         task,
     })
+}
+
+/// Says, once at start, which of the original service's variables were
+/// understood, and loudly when tokens are not required because of them.
+fn log_legacy_environment(report: &legacy::Report) {
+    if !report.present.is_empty() {
+        tracing::warn!(
+            variables = ?report.present,
+            used = ?report.used,
+            "environment of the original Python service understood; the registry's own \
+             variables win where both are set"
+        );
+    }
+    if report.tokens_relaxed {
+        tracing::warn!(
+            "registration tokens are NOT required: the environment is the original service's \
+             and REQUIRE_REGISTRATION_TOKEN is not set; set REQUIRE_REGISTRATION_TOKEN=true \
+             once every caller sends the token Register returns"
+        );
+    }
 }
 
 /// Serves until shutdown; `others` are store-specific tasks, already
