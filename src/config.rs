@@ -187,7 +187,9 @@ impl Config {
         let mut report = legacy::Report::default();
         let port = match self.port {
             Some(port) => port,
-            None => report.used("GRPC_PORT", env.port()?).unwrap_or(DEFAULT_PORT),
+            None => report
+                .used("GRPC_PORT", env.port()?)
+                .unwrap_or(DEFAULT_PORT),
         };
         let heartbeat_timeout = match self.heartbeat_timeout {
             Some(secs) => secs,
@@ -291,7 +293,10 @@ impl Config {
         report: &mut legacy::Report,
     ) -> Result<Option<String>, ConfigError> {
         let url = self.redis_url.as_deref().filter(|u| !u.is_empty());
-        let nodes = self.redis_cluster_nodes.as_deref().filter(|n| !n.is_empty());
+        let nodes = self
+            .redis_cluster_nodes
+            .as_deref()
+            .filter(|n| !n.is_empty());
         if let (Some(_), Some(_)) = (url, nodes) {
             return Err(ConfigError::new(
                 "--redis-url (REDIS_URL)",
@@ -448,7 +453,12 @@ mod tests {
         assert!(s.legacy.tokens_relaxed);
         assert_eq!(
             s.legacy.used,
-            vec!["GRPC_PORT", "HEARTBEAT_TIMEOUT_SECONDS", "ETCD_PREFIX", "ETCD_ENDPOINTS"]
+            vec![
+                "GRPC_PORT",
+                "HEARTBEAT_TIMEOUT_SECONDS",
+                "ETCD_PREFIX",
+                "ETCD_ENDPOINTS"
+            ]
         );
     }
 
@@ -479,7 +489,10 @@ mod tests {
         assert_eq!(s.grpc_addr.port(), 50080);
         assert_eq!(s.ttl.default_ttl, 30);
         assert_eq!(redis_url(&s), "redis://new:6379");
-        assert!(s.require_token, "an explicit REQUIRE_REGISTRATION_TOKEN wins");
+        assert!(
+            s.require_token,
+            "an explicit REQUIRE_REGISTRATION_TOKEN wins"
+        );
         assert!(s.legacy.used.is_empty());
         assert!(!s.legacy.tokens_relaxed);
     }

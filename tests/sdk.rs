@@ -74,7 +74,17 @@ async fn a_session_reregisters_under_its_id_after_the_registry_restarts() {
         "re-registered {:?} after the restart (interval 1 s, plus connection set-up)",
         back.elapsed()
     );
-    let state = session.state().borrow().clone();
+    // The session records the registration when its answer arrives, which
+    // may be just after the registry already shows the agent.
+    let mut states = session.state();
+    let state = tokio::time::timeout(
+        Duration::from_millis(500),
+        states.wait_for(|s| s.registrations >= 2),
+    )
+    .await
+    .expect("the session counts its re-registration")
+    .unwrap()
+    .clone();
     assert_eq!(state.registrations, 2);
     assert!(state.connected);
 

@@ -197,7 +197,10 @@ pub fn first_node(setting: &'static str, list: &str) -> Result<String, ConfigErr
     let list = list.trim();
     let entries: Vec<String> = if list.starts_with('[') {
         serde_json::from_str::<Vec<String>>(list).map_err(|e| {
-            ConfigError::new(setting, format!("not a JSON list of host:port strings: {e}"))
+            ConfigError::new(
+                setting,
+                format!("not a JSON list of host:port strings: {e}"),
+            )
         })?
     } else {
         list.split(',').map(str::to_owned).collect()
@@ -244,13 +247,13 @@ mod tests {
             first_node("X", " redis-a:6379 , redis-b:6380").unwrap(),
             "redis-a:6379"
         );
-        assert_eq!(
-            first_node("X", "redis://h:1/2").unwrap(),
-            "redis://h:1/2"
-        );
+        assert_eq!(first_node("X", "redis://h:1/2").unwrap(), "redis://h:1/2");
         for bad in ["[", "[]", ",", "redis", "redis:0", "a/b:1", r#"[1]"#] {
             let err = first_node("ETCD_ENDPOINTS", bad).unwrap_err();
-            assert!(err.to_string().starts_with("ETCD_ENDPOINTS"), "{bad}: {err}");
+            assert!(
+                err.to_string().starts_with("ETCD_ENDPOINTS"),
+                "{bad}: {err}"
+            );
         }
     }
 

@@ -284,7 +284,12 @@ pub async fn register_stores_every_given_field(backend: Backend) {
     assert_eq!(agent.agent_type, pb::AgentType::Analyst as i32);
     assert_eq!(agent.capabilities, vec!["x", "y"]);
     assert_eq!(agent.metadata.get("zone").map(String::as_str), Some("eu-1"));
-    assert_eq!(agent.metadata.len(), 1);
+    assert_eq!(
+        agent.metadata.get("endpoint").map(String::as_str),
+        Some("127.0.0.1:7000"),
+        "the endpoint is mirrored for legacy readers (§7)"
+    );
+    assert_eq!(agent.metadata.len(), 2);
     assert_eq!(agent.namespace, "prod");
     assert_eq!(agent.cluster, "c1");
     assert_eq!(agent.version, "2.3.4");
@@ -372,8 +377,11 @@ pub async fn reregister_with_id_and_token_replaces_the_agent_in_place(backend: B
     assert_eq!(agent.capabilities, vec!["new"]);
     assert_eq!(
         agent.metadata,
-        HashMap::from([("new-key".to_string(), "w".to_string())]),
-        "metadata replaced, not merged"
+        HashMap::from([
+            ("new-key".to_string(), "w".to_string()),
+            ("endpoint".to_string(), "127.0.0.1:2000".to_string()),
+        ]),
+        "metadata replaced, not merged (plus the mirrored endpoint)"
     );
     assert_eq!(agent.namespace, "ns2");
     assert_eq!(agent.cluster, "c2");

@@ -297,14 +297,21 @@ pub async fn list_filters_by_namespace_cluster_version_status_and_metadata(backe
         ),
         (vec![("status", "DEGRADED")], vec![&degraded]),
         (vec![("status", "degraded")], vec![&degraded]),
-        (vec![("status", "HEALTHY")], vec![&plain, &blue, &zone_us]),
+        // HEALTHY is the original's "serving": DEGRADED agents too (§4).
+        (
+            vec![("status", "HEALTHY")],
+            vec![&plain, &blue, &zone_us, &degraded],
+        ),
         (vec![("status", "UNHEALTHY")], vec![]),
         (vec![("zone", "eu")], vec![&blue, &degraded]),
         (vec![("zone", "us")], vec![&zone_us]),
         (vec![("tier", "gold")], vec![&blue]),
         (vec![("zone", "")], vec![]),
         (vec![("missing-key", "x")], vec![]),
-        (vec![("zone", "eu"), ("status", "HEALTHY")], vec![&blue]),
+        (
+            vec![("zone", "eu"), ("status", "HEALTHY")],
+            vec![&blue, &degraded],
+        ),
         (
             vec![("zone", "eu"), ("namespace", "default")],
             vec![&degraded],
@@ -488,7 +495,7 @@ pub async fn discover_requires_all_requested_capabilities(backend: Backend) {
     );
 }
 
-pub async fn discover_returns_only_healthy_agents_unless_the_status_filter_names_another(
+pub async fn discover_returns_healthy_then_degraded_unless_the_status_filter_names_another(
     backend: Backend,
 ) {
     let server = TestServer::start(backend).await;
@@ -510,17 +517,19 @@ pub async fn discover_returns_only_healthy_agents_unless_the_status_filter_names
         pb::AgentStatus::Unhealthy as i32
     );
 
+    // Fewer HEALTHY agents than max_results: DEGRADED ones follow (§4).
+    let healthy_then_degraded = sorted(vec![healthy.clone(), degraded.clone()]);
     assert_eq!(
         discover_set(&mut client, &["s"], &[]).await,
-        vec![healthy.clone()]
+        healthy_then_degraded
     );
     assert_eq!(
         discover_set(&mut client, &[], &[]).await,
-        vec![healthy.clone()]
+        healthy_then_degraded
     );
     assert_eq!(
         discover_set(&mut client, &["s"], &[("status", "DEGRADED")]).await,
-        vec![degraded]
+        vec![degraded.clone()]
     );
     assert_eq!(
         discover_set(&mut client, &["s"], &[("status", "UNHEALTHY")]).await,
@@ -528,8 +537,154 @@ pub async fn discover_returns_only_healthy_agents_unless_the_status_filter_names
     );
     assert_eq!(
         discover_set(&mut client, &["s"], &[("status", "HEALTHY")]).await,
-        vec![healthy]
+        healthy_then_degraded
     );
+    let first = discover(
+        &mut client,
+        discover_request(&["s"], &[], 1, pb::DiscoveryStrategy::Ranked),
+    )
+    .await;
+    assert_eq!(ids_of(&first.agents), vec![healthy], "HEALTHY comes first");
+}
+
+/// §4: every matching HEALTHY agent comes before any DEGRADED one, whatever
+/// the strategy; DEGRADED agents appear only when fewer than `max_results`
+/// HEALTHY ones match, and the strategy orders each group.
+pub async fn discover_falls_back_to_degraded_agents_under_every_strategy(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let mut healthy = Vec::new();
+    for rate in [0.6, 0.9, 0.75] {
+        let mut request = register_request(&["fb"]);
+        request.telemetry = Some(telemetry(rate, 10, 10));
+        healthy.push(register(&mut client, request).await.agent_id);
+    }
+    let mut degraded = Vec::new();
+    for rate in [0.35, 0.45] {
+        let mut request = register_request(&["fb"]);
+        request.telemetry = Some(telemetry(rate, 10, 10));
+        degraded.push(register(&mut client, request).await.agent_id);
+    }
+    let healthy_set = sorted(healthy.clone());
+    let degraded_set = sorted(degraded.clone());
+    for strategy in [
+        pb::DiscoveryStrategy::Ranked,
+        pb::DiscoveryStrategy::RoundRobin,
+        pb::DiscoveryStrategy::Random,
+    ] {
+        for round in 0..4 {
+            let all = discover(&mut client, discover_request(&["fb"], &[], 5, strategy)).await;
+            let ids = ids_of(&all.agents);
+            assert_eq!(ids.len(), 5, "{strategy:?}");
+            assert_eq!(
+                sorted(ids[..3].to_vec()),
+                healthy_set,
+                "{strategy:?} round {round}: HEALTHY first"
+            );
+            assert_eq!(
+                sorted(ids[3..].to_vec()),
+                degraded_set,
+                "{strategy:?} round {round}: then DEGRADED"
+            );
+            let three = discover(&mut client, discover_request(&["fb"], &[], 3, strategy)).await;
+            assert_eq!(
+                sorted(ids_of(&three.agents)),
+                healthy_set,
+                "{strategy:?}: no DEGRADED agent while HEALTHY ones fill max_results"
+            );
+            let four = discover(&mut client, discover_request(&["fb"], &[], 4, strategy)).await;
+            let four = ids_of(&four.agents);
+            assert_eq!(sorted(four[..3].to_vec()), healthy_set, "{strategy:?}");
+            assert!(degraded.contains(&four[3]), "{strategy:?}: {four:?}");
+        }
+    }
+    // RANKED orders the DEGRADED group by score too: 0.45 before 0.35.
+    let ranked = discover(
+        &mut client,
+        discover_request(&["fb"], &[], 5, pb::DiscoveryStrategy::Ranked),
+    )
+    .await;
+    let ids = ids_of(&ranked.agents);
+    assert_eq!(
+        ids[..3],
+        [healthy[1].clone(), healthy[2].clone(), healthy[0].clone()]
+    );
+    assert_eq!(ids[3..], [degraded[1].clone(), degraded[0].clone()]);
+}
+
+/// §4: `filters["agent_type"]` by name (any case) or number, agreeing with
+/// the field; `security_level` counts an agent without one as INTERNAL.
+pub async fn filters_by_agent_type_key_and_security_level(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let worker = register_caps(&mut client, &["t"]).await;
+    let mut request = register_request(&["t"]);
+    request.agent_type = pb::AgentType::Guard as i32;
+    request.metadata = map(&[("security_level", "CONFIDENTIAL")]);
+    let guard = register(&mut client, request).await.agent_id;
+    let mut request = register_request(&["t"]);
+    request.metadata = map(&[("security_level", "INTERNAL")]);
+    let internal_worker = register(&mut client, request).await.agent_id;
+
+    let any = pb::AgentType::Unspecified;
+    let workers = sorted(vec![worker.clone(), internal_worker.clone()]);
+    let cases: Vec<(Pairs, Vec<String>)> = vec![
+        (vec![("agent_type", "WORKER")], workers.clone()),
+        (vec![("agent_type", "worker")], workers.clone()),
+        (vec![("agent_type", "1")], workers.clone()),
+        (vec![("agent_type", "GUARD")], vec![guard.clone()]),
+        (vec![("agent_type", "SCOUT")], vec![]),
+        (vec![("security_level", "INTERNAL")], workers.clone()),
+        (
+            vec![("security_level", "CONFIDENTIAL")],
+            vec![guard.clone()],
+        ),
+        (
+            vec![("security_level", "INTERNAL"), ("agent_type", "WORKER")],
+            workers.clone(),
+        ),
+    ];
+    for (filters, expected) in cases {
+        assert_eq!(
+            sorted(list_ids(&mut client, any, &filters).await),
+            sorted(expected.clone()),
+            "ListAgents {filters:?}"
+        );
+        assert_eq!(
+            discover_set(&mut client, &["t"], &filters).await,
+            sorted(expected),
+            "DiscoverAgents {filters:?}"
+        );
+    }
+    // The field and the key together must agree.
+    assert_eq!(
+        sorted(
+            list_ids(
+                &mut client,
+                pb::AgentType::Worker,
+                &[("agent_type", "WORKER")]
+            )
+            .await
+        ),
+        workers
+    );
+    for (field, filters) in [
+        (pb::AgentType::Guard, vec![("agent_type", "WORKER")]),
+        (any, vec![("agent_type", "ROBOT")]),
+        (any, vec![("agent_type", "9")]),
+        (any, vec![("agent_type", "")]),
+    ] {
+        let err = client
+            .list_agents(pb::ListAgentsRequest {
+                agent_type: field as i32,
+                filters: map(&filters),
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{filters:?}");
+        assert!(err.message().contains("agent_type"), "{}", err.message());
+    }
 }
 
 pub async fn discover_max_results_zero_means_five(backend: Backend) {
@@ -874,7 +1029,9 @@ behaviour_tests! {
     page_size_zero_returns_every_agent_in_one_response,
     paging_during_churn_visits_every_lasting_agent_exactly_once,
     discover_requires_all_requested_capabilities,
-    discover_returns_only_healthy_agents_unless_the_status_filter_names_another,
+    discover_returns_healthy_then_degraded_unless_the_status_filter_names_another,
+    discover_falls_back_to_degraded_agents_under_every_strategy,
+    filters_by_agent_type_key_and_security_level,
     discover_max_results_zero_means_five,
     discover_filters_by_agent_type_namespace_and_metadata,
     ranked_discovery_orders_by_score_then_duration_then_last_seen_then_id,
