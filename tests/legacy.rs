@@ -450,7 +450,10 @@ async fn every_agent_not_found_uses_the_originals_wording(backend: Backend) {
             ..Default::default()
         })
         .await;
-    check("SubscribeNotifications", subscribe.err().expect("refused"));
+    let Err(refused) = subscribe else {
+        panic!("SubscribeNotifications of an unknown agent was accepted")
+    };
+    check("SubscribeNotifications", refused);
 
     // A subscription open when its agent is removed ends the same way.
     let registered = client
