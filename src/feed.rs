@@ -12,6 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    backoff::Backoff,
     mailbox::Mailboxes,
     metrics::Metrics,
     outbox::StreamEnd,
@@ -19,8 +20,10 @@ use crate::{
     view::View,
 };
 
-/// Longest wait between attempts to (re)connect to the store's feed.
-const MAX_BACKOFF: Duration = Duration::from_millis(250);
+/// First and longest wait between attempts to (re)connect to the store's
+/// feed.
+const RETRY_BASE: Duration = Duration::from_millis(50);
+const RETRY_CAP: Duration = Duration::from_millis(250);
 
 /// Runs until `shutdown`: subscribe, load, apply, and start over on any gap.
 pub async fn run<S: Store>(
@@ -30,7 +33,7 @@ pub async fn run<S: Store>(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
     while !shutdown.is_cancelled() {
         let synced = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -44,14 +47,13 @@ pub async fn run<S: Store>(
         view.desync();
         mailboxes.close_all(StreamEnd::FeedReset);
         if synced {
-            backoff = Duration::from_millis(50);
+            backoff.reset();
             continue;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.wait()) => {}
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 

@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod domain;
@@ -37,4 +38,5 @@ pub mod reaper;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod sync;
 pub mod view;

@@ -13,6 +13,7 @@ use std::{
 };
 
 use crate::{
+    sync,
     domain::{AgentId, Notification},
     outbox::{self, Inbox, Outbox, StreamEnd},
 };
@@ -67,7 +68,7 @@ impl Mailboxes {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<AgentId, AgentSubscribers>> {
-        self.subscribers.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.subscribers)
     }
 
     /// Registers a live subscriber of `agent_id`. Do this before reading the

@@ -22,6 +22,7 @@ use std::{
 use tokio::sync::watch;
 
 use crate::{
+    sync,
     domain::{
         Agent, AgentId, AgentType, Change, ChangeKind, Revision, Status,
         query::{
@@ -269,15 +270,15 @@ impl View {
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Index> {
-        self.index.read().unwrap_or_else(|p| p.into_inner())
+        sync::read(&self.index)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Index> {
-        self.index.write().unwrap_or_else(|p| p.into_inner())
+        sync::write(&self.index)
     }
 
     fn watchers_lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Watcher>> {
-        self.watchers.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.watchers)
     }
 
     /// The last revision applied.
@@ -455,7 +456,7 @@ impl View {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (&query.capabilities, &query.filter).hash(&mut hasher);
         let key = hasher.finish();
-        let mut rotations = self.rotations.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rotations = sync::lock(&self.rotations);
         if rotations.len() >= ROUND_ROBIN_QUERIES && !rotations.contains_key(&key) {
             rotations.clear();
         }

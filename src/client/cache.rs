@@ -12,8 +12,10 @@ use std::{
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use super::{RegistryClient, backoff};
+use super::RegistryClient;
+use crate::backoff::backoff;
 use crate::{
+    sync,
     domain::{
         Agent, AgentType, Status, Telemetry,
         query::{Strategy, order_discovered},
@@ -114,7 +116,7 @@ impl DiscoveryCache {
 
     /// Every cached agent, by id.
     pub fn agents(&self) -> Vec<pb::AgentInfo> {
-        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let state = sync::read(&self.state);
         let mut agents: Vec<pb::AgentInfo> = state.agents.values().cloned().collect();
         agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         agents
@@ -122,9 +124,7 @@ impl DiscoveryCache {
 
     /// The revision of the last change applied.
     pub fn revision(&self) -> u64 {
-        self.state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        sync::read(&self.state)
             .revision
     }
 
@@ -146,7 +146,7 @@ impl DiscoveryCache {
         strategy: pb::DiscoveryStrategy,
         n: usize,
     ) -> Vec<pb::AgentInfo> {
-        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let state = sync::read(&self.state);
         let candidates: Vec<(Agent, &pb::AgentInfo)> = state
             .agents
             .values()
@@ -274,14 +274,14 @@ fn apply(
         }
         (EventType::Synced, Some(_), _) => {
             let fresh = snapshot.take().unwrap_or_default();
-            let mut state = follower.state.write().unwrap_or_else(|p| p.into_inner());
+            let mut state = sync::write(&follower.state);
             state.agents = fresh;
             state.revision = event.revision;
             drop(state);
             follower.synced.send_replace(true);
         }
         (EventType::Deregistered | EventType::Expired, None, Some(agent)) => {
-            let mut state = follower.state.write().unwrap_or_else(|p| p.into_inner());
+            let mut state = sync::write(&follower.state);
             state.agents.remove(&agent.agent_id);
             state.revision = event.revision;
         }
@@ -290,7 +290,7 @@ fn apply(
             None,
             Some(agent),
         ) => {
-            let mut state = follower.state.write().unwrap_or_else(|p| p.into_inner());
+            let mut state = sync::write(&follower.state);
             state.revision = event.revision;
             state.agents.insert(agent.agent_id.clone(), agent);
         }

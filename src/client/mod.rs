@@ -36,7 +36,6 @@ mod session;
 
 use std::{collections::HashMap, time::Duration};
 
-use rand::Rng;
 use tonic::{
     Code, Request, Streaming,
     transport::{Channel, Endpoint},
@@ -410,50 +409,9 @@ impl RegistryClient {
     }
 }
 
-/// Capped exponential backoff with full jitter: attempt `n` (from 0) waits a
-/// random time up to `min(cap, base * 2^n)`, at least `base / 2`.
-pub(crate) fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    let ceiling = base
-        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
-        .min(cap)
-        .max(base);
-    let floor = base / 2;
-    let spread = ceiling.saturating_sub(floor);
-    floor + spread.mul_f64(rand::rng().random::<f64>())
-}
-
-/// `interval` ± 10 %, so a fleet started together does not heartbeat in
-/// lockstep.
-pub(crate) fn jittered(interval: Duration) -> Duration {
-    interval.mul_f64(rand::rng().random_range(0.9..=1.1))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let base = Duration::from_millis(100);
-        let cap = Duration::from_secs(2);
-        for attempt in 0..40 {
-            let wait = backoff(attempt, base, cap);
-            assert!(wait >= base / 2 && wait <= cap, "{attempt}: {wait:?}");
-        }
-        let late: Duration = (0..50).map(|_| backoff(10, base, cap)).sum();
-        assert!(
-            late > Duration::from_secs(20),
-            "late attempts wait long on average"
-        );
-    }
-
-    #[test]
-    fn jitter_stays_within_ten_percent() {
-        for _ in 0..100 {
-            let j = jittered(Duration::from_secs(10));
-            assert!(j >= Duration::from_secs(9) && j <= Duration::from_secs(11));
-        }
-    }
 
     #[test]
     fn errors_keep_their_code() {

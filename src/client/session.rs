@@ -14,7 +14,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-use super::{ClientError, RegistryClient, Result, backoff, jittered};
+use super::{ClientError, RegistryClient, Result};
+use crate::backoff::{backoff, jittered};
+use crate::sync;
 use crate::pb;
 
 /// First wait after a failed heartbeat; doubles up to the heartbeat interval.
@@ -43,11 +45,11 @@ pub struct TelemetryHandle(Arc<Mutex<Option<pb::AgentTelemetry>>>);
 impl TelemetryHandle {
     /// Reports `telemetry` from the next heartbeat on.
     pub fn set(&self, telemetry: pb::AgentTelemetry) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(telemetry);
+        *sync::lock(&self.0) = Some(telemetry);
     }
 
     fn current(&self) -> Option<pb::AgentTelemetry> {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+        *sync::lock(&self.0)
     }
 }
 
@@ -69,7 +71,7 @@ struct Shared {
 
 impl Shared {
     fn interval(&self) -> Duration {
-        *self.interval.lock().unwrap_or_else(|p| p.into_inner())
+        *sync::lock(&self.interval)
     }
 
     /// Applies `change`; watchers are woken only when the state changed.
@@ -85,10 +87,10 @@ impl Shared {
         let mut registration = self.registration.clone();
         registration.telemetry = self.telemetry.current().or(registration.telemetry);
         let response = self.client.register(registration).await?;
-        *self.interval.lock().unwrap_or_else(|p| p.into_inner()) = Duration::from_secs(
+        *sync::lock(&self.interval) = Duration::from_secs(
             u64::try_from(response.heartbeat_interval_seconds.max(1)).unwrap_or(1),
         );
-        *self.ttl.lock().unwrap_or_else(|p| p.into_inner()) = response.ttl_seconds;
+        *sync::lock(&self.ttl) = response.ttl_seconds;
         self.update(|s| {
             s.registrations += 1;
             s.connected = true;
@@ -181,7 +183,7 @@ impl AgentSession {
 
     /// The heartbeat timeout the registry granted, in seconds.
     pub fn ttl_seconds(&self) -> i32 {
-        *self.shared.ttl.lock().unwrap_or_else(|p| p.into_inner())
+        *sync::lock(&self.shared.ttl)
     }
 
     /// How often the session heartbeats (the registry's suggestion).

@@ -15,6 +15,7 @@ use super::{
     BACKLOG_LEN, Feed, FeedMessage, HeartbeatCommand, Heartbeaten, Notified, NotifyCommand,
     Ownership, Reaped, RegisterCommand, Registered, Snapshot, Store,
 };
+use crate::sync;
 use crate::domain::{
     Agent, AgentId, Change, ChangeKind, Error, Millis, Notification, Result, Revision, TokenHash,
     token::authorize,
@@ -65,9 +66,7 @@ impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave a half-applied change:
         // every mutation computes first and writes last.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        sync::lock(&self.state)
     }
 
     /// Assigns the next revision to a change of `agent`, stores the agent and

@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{codec, keys::Keys};
 use crate::{
+    backoff::Backoff,
+    sync,
     domain::{AgentId, Error, Result},
     store::FeedMessage,
 };
@@ -29,8 +31,9 @@ use crate::{
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often an idle connection is pinged, to notice a dead peer.
 const PING_EVERY: Duration = Duration::from_millis(500);
-/// Longest wait between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// First and longest wait between reconnection attempts.
+const RETRY_BASE: Duration = Duration::from_millis(50);
+const RETRY_CAP: Duration = Duration::from_millis(500);
 /// Mailbox channels waiting to be unsubscribed; beyond it they stay
 /// subscribed until the next reconnection (harmless).
 const RELEASE_QUEUE: usize = 1024;
@@ -96,12 +99,6 @@ impl Drop for MailboxInterest {
     }
 }
 
-fn unavailable(what: &str) -> Error {
-    Error::Unavailable {
-        source: what.to_owned().into(),
-    }
-}
-
 impl Listener {
     /// A listener for `client`; nothing connects until [`Listener::run`].
     pub fn new(
@@ -126,7 +123,7 @@ impl Listener {
     }
 
     fn lock_interests(&self) -> std::sync::MutexGuard<'_, HashMap<AgentId, usize>> {
-        self.interests.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.interests)
     }
 
     /// Whether the changes channel is subscribed right now.
@@ -159,7 +156,7 @@ impl Listener {
             let mut sink = state
                 .sink
                 .clone()
-                .ok_or_else(|| unavailable("pub/sub connection down"))?;
+                .ok_or_else(|| Error::unavailable("pub/sub connection down"))?;
             sink.subscribe(self.keys.mailbox_channel(agent_id))
                 .await
                 .map_err(|e| Error::Unavailable {
@@ -171,7 +168,7 @@ impl Listener {
         match tokio::time::timeout(CONNECT_TIMEOUT, subscribe).await {
             Ok(Ok(())) => Ok(interest),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(unavailable("subscribing timed out")),
+            Err(_) => Err(Error::unavailable("subscribing timed out")),
         }
     }
 
@@ -194,21 +191,17 @@ impl Listener {
 
     /// Runs until `shutdown`: connect, subscribe, forward, reconnect.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let taken = self
-            .release_rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let taken = sync::lock(&self.release_rx).take();
         let Some(mut release_rx) = taken else {
             tracing::error!("pub/sub listener started twice");
             return;
         };
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
         let mut was_connected = false;
         while !shutdown.is_cancelled() {
             match self.connect().await {
                 Ok((sink, stream)) => {
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                     if !was_connected {
                         tracing::info!("Redis pub/sub connected");
                     }
@@ -226,9 +219,8 @@ impl Listener {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(backoff.wait()) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -244,7 +236,7 @@ impl Listener {
             Ok(Err(e)) => Err(Error::Unavailable {
                 source: Box::new(e),
             }),
-            Err(_) => Err(unavailable("connecting timed out")),
+            Err(_) => Err(Error::unavailable("connecting timed out")),
         }
     }
 

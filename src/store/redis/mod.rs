@@ -97,16 +97,13 @@ pub struct RedisStore {
     highest: Arc<AtomicU64>,
 }
 
+// Short names for the store's two failure kinds (built by the domain).
 fn unavailable(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
-    Error::Unavailable {
-        source: source.into(),
-    }
+    Error::unavailable(source)
 }
 
 fn internal(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
-    Error::Internal {
-        source: source.into(),
-    }
+    Error::internal(source)
 }
 
 /// A Redis error is `Unavailable` when retrying later can help (I/O,
