@@ -8,7 +8,7 @@
 //! Unlike a start-up latch, readiness follows the store: it drops while
 //! Redis is unreachable and during shutdown.
 //!
-//! Depends on: metrics, view, mailbox, axum.
+//! Depends on: metrics, axum.
 
 use std::sync::{
     Arc,
@@ -24,7 +24,11 @@ use axum::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{mailbox::Mailboxes, metrics::Metrics, view::View};
+use crate::metrics::{Gauges, Metrics};
+
+/// Reads the gauges' values at scrape time; given by whoever owns what they
+/// count.
+pub type GaugeSource = Arc<dyn Fn() -> Gauges + Send + Sync>;
 
 /// Whether the registry should receive traffic; written by the health loop.
 #[derive(Debug, Default)]
@@ -47,10 +51,8 @@ impl Readiness {
 pub struct AdminState {
     /// Metric handles.
     pub metrics: Arc<Metrics>,
-    /// This replica's view (population gauges).
-    pub view: Arc<View>,
-    /// This replica's subscribers (subscriber gauge).
-    pub mailboxes: Arc<Mailboxes>,
+    /// The gauges' values now (population, watchers, subscribers).
+    pub gauges: GaugeSource,
     /// Readiness as the health loop last saw it.
     pub readiness: Arc<Readiness>,
 }
@@ -78,7 +80,7 @@ pub async fn serve(
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    match state.metrics.render(&state.view, &state.mailboxes) {
+    match state.metrics.render(&(state.gauges)()) {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         Err(error) => {
             tracing::error!(%error, "cannot render metrics");

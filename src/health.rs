@@ -17,7 +17,10 @@ use tonic_health::pb::{
     health_server::{Health, HealthServer},
 };
 
-use crate::{pb::service_registry_server::ServiceRegistryServer, service::ResponseStream};
+use crate::{
+    pb::service_registry_server::ServiceRegistryServer,
+    service::{ResponseStream, status},
+};
 
 /// The names the health service answers for.
 fn known(service: &str) -> bool {
@@ -74,7 +77,7 @@ impl Health for HealthService {
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
         if !known(&request.get_ref().service) {
-            return Err(Status::not_found("unknown service"));
+            return Err(status::unknown_health_service());
         }
         Ok(Response::new(response(*self.status.borrow())))
     }
@@ -93,7 +96,7 @@ impl Health for HealthService {
                 // The protocol: report SERVICE_UNKNOWN and keep the stream open.
                 yield Ok(response(ServingStatus::ServiceUnknown));
                 shutdown.cancelled().await;
-                yield Err(Status::unavailable("server is shutting down"));
+                yield Err(status::shutting_down());
                 return;
             }
             let current = *status.borrow_and_update();
@@ -104,12 +107,12 @@ impl Health for HealthService {
                     _ = shutdown.cancelled() => {
                         // Watchers learn NOT_SERVING first, then the stream ends.
                         yield Ok(response(ServingStatus::NotServing));
-                        yield Err(Status::unavailable("server is shutting down"));
+                        yield Err(status::shutting_down());
                         return;
                     }
                     changed = status.changed() => {
                         if changed.is_err() {
-                            yield Err(Status::unavailable("server is shutting down"));
+                            yield Err(status::shutting_down());
                             return;
                         }
                         let current = *status.borrow_and_update();

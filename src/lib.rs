@@ -24,12 +24,15 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod api;
 pub mod backoff;
 pub mod client;
 pub mod config;
+pub mod convert;
 pub mod domain;
 pub mod feed;
 pub mod health;
+pub mod hub;
 pub mod mailbox;
 pub mod metrics;
 pub mod outbox;

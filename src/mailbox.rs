@@ -13,9 +13,9 @@ use std::{
 };
 
 use crate::{
-    sync,
     domain::{AgentId, Notification},
     outbox::{self, Inbox, Outbox, StreamEnd},
+    sync,
 };
 
 /// Notifications a subscriber may have queued before it counts as lagging.

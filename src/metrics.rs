@@ -1,21 +1,18 @@
 //! Prometheus metrics (BEHAVIOUR.md §6), all prefixed `service_registry_`.
 //! Built once by the server and passed down; counters are updated on the hot
-//! path without any lock, and the population gauges are read from the view
-//! when scraped, so every replica reports the whole population.
+//! path without any lock. A leaf: whoever owns the view and the mailboxes
+//! pushes the gauges ([`Gauges`]) when scraped, so every replica reports the
+//! whole population.
 //!
-//! Depends on: prometheus, domain (label names), view, mailbox.
+//! Depends on: prometheus, domain (label names).
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-use tonic::Code;
+use std::collections::HashMap;
 
-use crate::{
-    domain::{AgentType, ChangeKind, Status},
-    mailbox::Mailboxes,
-    view::View,
-};
+use crate::domain::{AgentType, ChangeKind, Status, rpc::Rpc};
 
 const NAMESPACE: &str = "service_registry";
 
@@ -51,19 +48,15 @@ pub struct Metrics {
     pub streams_aborted: IntCounter,
 }
 
-/// The RPCs whose calls are counted by result.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Counted {
-    /// Register.
-    Register,
-    /// Heartbeat.
-    Heartbeat,
-    /// Deregister.
-    Deregister,
-    /// DiscoverAgents.
-    Discover,
-    /// NotifyAgent.
-    Notify,
+/// The gauges' values at scrape time, from whoever owns what they count.
+#[derive(Clone, Debug, Default)]
+pub struct Gauges {
+    /// Agents per (type, status).
+    pub population: HashMap<(AgentType, Status), usize>,
+    /// Open WatchAgents streams.
+    pub watchers: usize,
+    /// Open SubscribeNotifications streams.
+    pub subscribers: usize,
 }
 
 impl Metrics {
@@ -146,76 +139,59 @@ impl Metrics {
         Ok(metrics)
     }
 
-    /// Counts one finished call of `op` with its outcome.
-    pub fn count(&self, op: Counted, code: Code) {
-        let family = match op {
-            Counted::Register => &self.register,
-            Counted::Heartbeat => &self.heartbeat,
-            Counted::Deregister => &self.deregister,
-            Counted::Discover => &self.discover,
-            Counted::Notify => &self.notify,
+    /// Records one finished call of `rpc`: its latency, its result (`ok` or
+    /// the gRPC code name) for the counted methods, and a store error when
+    /// the result says the store failed.
+    pub fn observe_call(&self, rpc: Rpc, result: &str, seconds: f64) {
+        self.latency
+            .with_label_values(&[rpc.operation()])
+            .observe(seconds);
+        let family = match rpc {
+            Rpc::Register => Some(&self.register),
+            Rpc::Heartbeat => Some(&self.heartbeat),
+            Rpc::Deregister => Some(&self.deregister),
+            Rpc::DiscoverAgents => Some(&self.discover),
+            Rpc::NotifyAgent => Some(&self.notify),
+            _ => None,
         };
-        family.with_label_values(&[result_label(code)]).inc();
+        if let Some(family) = family {
+            family.with_label_values(&[result]).inc();
+        }
+        if matches!(result, "UNAVAILABLE" | "INTERNAL") {
+            self.store_errors.inc();
+        }
     }
 
     /// Counts a change the view applied (keep-alives are not events).
     pub fn count_event(&self, kind: ChangeKind) {
-        let label = match kind {
-            ChangeKind::Registered => "REGISTERED",
-            ChangeKind::Updated => "UPDATED",
-            ChangeKind::StatusChanged { .. } => "STATUS_CHANGED",
-            ChangeKind::Deregistered => "DEREGISTERED",
-            ChangeKind::Expired => "EXPIRED",
-            ChangeKind::Touched => return,
-        };
-        self.events.with_label_values(&[label]).inc();
+        if let Some(label) = kind.name() {
+            self.events.with_label_values(&[label]).inc();
+        }
     }
 
-    /// The Prometheus text exposition, with the gauges read from `view` and
-    /// `mailboxes` now.
+    /// The Prometheus text exposition, with the gauges set to `gauges`.
     ///
     /// # Errors
     /// When encoding fails (a bug); the caller answers 500.
-    pub fn render(&self, view: &View, mailboxes: &Mailboxes) -> Result<String, prometheus::Error> {
-        let counts = view.population();
+    pub fn render(&self, gauges: &Gauges) -> Result<String, prometheus::Error> {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         for agent_type in AgentType::ALL {
             for status in Status::ALL {
-                let n = counts.get(&(agent_type, status)).copied().unwrap_or(0);
+                let n = gauges
+                    .population
+                    .get(&(agent_type, status))
+                    .copied()
+                    .unwrap_or(0);
                 self.agents
                     .with_label_values(&[agent_type.name(), status.name()])
-                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+                    .set(gauge(n));
             }
         }
-        self.watchers
-            .set(i64::try_from(view.watcher_count()).unwrap_or(i64::MAX));
-        self.subscribers
-            .set(i64::try_from(mailboxes.total()).unwrap_or(i64::MAX));
+        self.watchers.set(gauge(gauges.watchers));
+        self.subscribers.set(gauge(gauges.subscribers));
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
-    }
-}
-
-/// `ok`, or the gRPC code's name as in `INVALID_ARGUMENT`.
-pub fn result_label(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "ok",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -226,9 +202,11 @@ mod tests {
     #[test]
     fn counters_are_labelled_by_result() {
         let metrics = Metrics::new().unwrap();
-        metrics.count(Counted::Register, Code::Ok);
-        metrics.count(Counted::Register, Code::InvalidArgument);
-        let text = metrics.render(&View::new(), &Mailboxes::new()).unwrap();
+        metrics.observe_call(Rpc::Register, "ok", 0.001);
+        metrics.observe_call(Rpc::Register, "INVALID_ARGUMENT", 0.001);
+        metrics.observe_call(Rpc::GetAgent, "UNAVAILABLE", 0.001);
+        let text = metrics.render(&Gauges::default()).unwrap();
+        assert!(text.contains("service_registry_store_errors_total 1"));
         assert!(text.contains("service_registry_register_total{result=\"ok\"} 1"));
         assert!(text.contains("service_registry_register_total{result=\"INVALID_ARGUMENT\"} 1"));
         assert!(

@@ -16,15 +16,16 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::{
     admin::{self, AdminState, Readiness},
+    api::{Policy, Registry},
     config::{Settings, StoreSettings, legacy},
     domain::clock::{Clock, SystemClock},
     feed,
     health::{self, HealthStatus},
     mailbox::Mailboxes,
-    metrics::Metrics,
+    metrics::{Gauges, Metrics},
     pb::{self, service_registry_server::ServiceRegistryServer},
     reaper,
-    service::{RegistryService, ServiceParts},
+    service::{RegistryService, layer::ObserveLayer},
     store::{MemoryStore, RedisConfig, RedisStore, Store},
     view::View,
 };
@@ -241,22 +242,24 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
         admin,
         AdminState {
             metrics: metrics.clone(),
-            view: view.clone(),
-            mailboxes: mailboxes.clone(),
+            gauges: gauges(view.clone(), mailboxes.clone()),
             readiness,
         },
         background.clone(),
     )));
-    let service = RegistryService::new(ServiceParts {
+    let policy = Policy {
+        ttl: settings.ttl,
+        require_token: settings.require_token,
+    };
+    let registry = Arc::new(Registry::new(
         store,
         view,
         mailboxes,
         clock,
-        ttl: settings.ttl,
-        require_token: settings.require_token,
-        shutdown: shutdown.clone(),
-        metrics,
-    });
+        policy,
+        shutdown.clone(),
+    ));
+    let service = RegistryService::new(registry, &metrics);
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -271,6 +274,7 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(ObserveLayer::new(metrics))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -303,6 +307,16 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
             tracing::error!(%error, "background task failed");
         }
     }
+}
+
+/// The gauges of `/metrics`, read from this replica's view and mailboxes
+/// at scrape time.
+fn gauges(view: Arc<View>, mailboxes: Arc<Mailboxes>) -> admin::GaugeSource {
+    Arc::new(move || Gauges {
+        population: view.population(),
+        watchers: view.hub().len(),
+        subscribers: mailboxes.total(),
+    })
 }
 
 /// Keeps gRPC health and `/readyz` in step with whether this replica can

@@ -1,20 +1,20 @@
 //! This replica's in-memory index of every agent, applied from the feed in
-//! revision order, and the fan-out of its changes to WatchAgents streams.
+//! revision order; the reads (Get/List/Discover) and the round-robin table.
 //!
-//! Reads (Get/List/Discover) are served from here without a store round
-//! trip. Index and watcher set change together: the feed applies a change
-//! and offers it to watchers under the index's write lock, and a new watcher
-//! takes its snapshot and joins under the read lock, so snapshot + live
-//! events have no gap and no duplicate.
+//! Reads are served from here without a store round trip. Index and
+//! watchers change together: the feed applies a change and offers it to the
+//! [`Hub`] under the index's write lock, and a new watcher takes its
+//! snapshot and joins the hub under the read lock, so snapshot + live events
+//! have no gap and no duplicate.
 //!
-//! Depends on: domain, store (snapshot type), outbox.
+//! Depends on: domain, hub, outbox.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     hash::{Hash, Hasher},
     sync::{
         Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -22,71 +22,28 @@ use std::{
 use tokio::sync::watch;
 
 use crate::{
-    sync,
     domain::{
-        Agent, AgentId, AgentType, Change, ChangeKind, Revision, Status,
+        Agent, AgentId, AgentType, Change, Revision, Snapshot, Status,
         query::{
             AgentFilter, DiscoverQuery, ListKey, RankKey, Strategy, WatchSelection, list_key,
             order_discovered,
         },
     },
-    outbox::{self, Inbox, Outbox, StreamEnd},
-    store::Snapshot,
+    hub::{Hub, Watch},
+    outbox::StreamEnd,
+    sync,
 };
-
-/// Events a watcher may have queued before it counts as lagging.
-pub const WATCH_QUEUE: usize = 4096;
 
 /// Distinct round-robin queries remembered; beyond it the table starts over.
 const ROUND_ROBIN_QUERIES: usize = 4096;
-
-/// One event for a watch stream.
-#[derive(Clone, Debug)]
-pub struct WatchEvent {
-    /// What happened (never [`ChangeKind::Touched`]).
-    pub kind: ChangeKind,
-    /// The agent after the change (its last state when removed).
-    pub agent: Arc<Agent>,
-    /// The change's revision.
-    pub revision: Revision,
-    /// When it happened (ms).
-    pub at: i64,
-}
-
-/// A new watcher: its snapshot and its live queue.
-#[derive(Debug)]
-pub struct Watch {
-    /// Matching agents at `revision` (empty unless a snapshot was asked for).
-    pub snapshot: Vec<Arc<Agent>>,
-    /// The revision the snapshot reflects; live events are all above it.
-    pub revision: Revision,
-    /// Live events.
-    pub events: Inbox<WatchEvent>,
-    /// Removes the watcher from the view when dropped.
-    pub guard: WatchGuard,
-}
-
-/// Unregisters a watcher on drop, so a cancelled stream frees its slot at once.
-#[derive(Debug)]
-pub struct WatchGuard {
-    view: Arc<View>,
-    id: u64,
-}
-
-impl Drop for WatchGuard {
-    fn drop(&mut self) {
-        self.view.watchers_lock().remove(&self.id);
-    }
-}
 
 /// The replica's view. Cheap to share (`Arc<View>`).
 #[derive(Debug)]
 pub struct View {
     /// The index. Written only by the feed; std lock, never held across await.
     index: RwLock<Index>,
-    /// Watch streams by id. Locked after `index` when both are needed.
-    watchers: Mutex<HashMap<u64, Watcher>>,
-    next_watcher: AtomicU64,
+    /// The watchers the index's changes are offered to, under its lock.
+    hub: Arc<Hub>,
     /// Last applied revision, for read-your-writes waits.
     applied: watch::Sender<Revision>,
     /// Whether the index follows the store's feed right now (loaded, and
@@ -114,12 +71,6 @@ struct Index {
 /// A ranked discover whose smallest capability set is at most this big
 /// scans that set instead of walking the rank order.
 const SCAN_BELOW: usize = 256;
-
-#[derive(Debug)]
-struct Watcher {
-    selection: WatchSelection,
-    outbox: Outbox<WatchEvent>,
-}
 
 // === impl Index ===
 
@@ -261,8 +212,7 @@ impl View {
         Arc::new(Self {
             synced,
             index: RwLock::new(Index::default()),
-            watchers: Mutex::new(HashMap::new()),
-            next_watcher: AtomicU64::new(1),
+            hub: Hub::new(),
             applied,
             rotations: Mutex::new(HashMap::new()),
             loaded: AtomicBool::new(false),
@@ -275,10 +225,6 @@ impl View {
 
     fn write(&self) -> RwLockWriteGuard<'_, Index> {
         sync::write(&self.index)
-    }
-
-    fn watchers_lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Watcher>> {
-        sync::lock(&self.watchers)
     }
 
     /// The last revision applied.
@@ -301,9 +247,9 @@ impl View {
         self.read().population.clone()
     }
 
-    /// Number of open watch streams.
-    pub fn watcher_count(&self) -> usize {
-        self.watchers_lock().len()
+    /// The hub of this view's watchers.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
     }
 
     /// Replaces the whole index with `snapshot`. Every watcher is ended with
@@ -315,7 +261,7 @@ impl View {
         for agent in snapshot.agents {
             index.insert(agent);
         }
-        self.end_watchers(StreamEnd::FeedReset);
+        self.hub.end_all(StreamEnd::FeedReset);
         drop(index);
         self.applied.send_replace(snapshot.revision);
         self.loaded.store(true, Ordering::Release);
@@ -327,7 +273,7 @@ impl View {
     /// events).
     pub fn desync(&self) {
         self.synced.send_replace(false);
-        self.end_watchers(StreamEnd::FeedReset);
+        self.hub.end_all(StreamEnd::FeedReset);
     }
 
     /// Whether the index was ever loaded from the store.
@@ -349,13 +295,6 @@ impl View {
         )
     }
 
-    /// Ends every watch stream with `reason`.
-    pub fn end_watchers(&self, reason: StreamEnd) {
-        for (_, watcher) in self.watchers_lock().drain() {
-            watcher.outbox.close(reason);
-        }
-    }
-
     /// Applies the next change (its revision must follow the last applied
     /// one; the feed checks) and offers it to matching watchers.
     pub fn apply(&self, change: &Change) {
@@ -367,22 +306,7 @@ impl View {
             index.insert(change.agent.clone());
         }
         index.revision = change.revision;
-        if change.kind != ChangeKind::Touched {
-            let mut watchers = self.watchers_lock();
-            watchers.retain(|_, w| {
-                let before = previous.as_deref().is_some_and(|a| w.selection.matches(a));
-                if !before && !w.selection.matches(&change.agent) {
-                    return true;
-                }
-                let event = WatchEvent {
-                    kind: change.kind,
-                    agent: change.agent.clone(),
-                    revision: change.revision,
-                    at: change.at,
-                };
-                w.outbox.offer(event).is_ok()
-            });
-        }
+        self.hub.offer(change, previous.as_deref());
         drop(index);
         self.applied.send_replace(change.revision);
     }
@@ -468,8 +392,7 @@ impl View {
 
     /// Opens a watch stream: the snapshot (when asked) and the live queue,
     /// taken atomically with respect to the feed.
-    pub fn watch(self: &Arc<Self>, selection: WatchSelection, with_snapshot: bool) -> Watch {
-        let (outbox, events) = outbox::channel(WATCH_QUEUE);
+    pub fn watch(&self, selection: WatchSelection, with_snapshot: bool) -> Watch {
         let index = self.read();
         let snapshot = if with_snapshot {
             let mut agents: Vec<Arc<Agent>> = index
@@ -482,19 +405,14 @@ impl View {
         } else {
             Vec::new()
         };
-        let id = self.next_watcher.fetch_add(1, Ordering::Relaxed);
-        self.watchers_lock()
-            .insert(id, Watcher { selection, outbox });
+        let membership = self.hub.join(selection);
         let revision = index.revision;
         drop(index);
         Watch {
             snapshot,
             revision,
-            events,
-            guard: WatchGuard {
-                view: self.clone(),
-                id,
-            },
+            events: membership.events,
+            guard: membership.guard,
         }
     }
 }
@@ -504,7 +422,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::domain::{AgentType, Telemetry, agent::Registration};
+    use crate::domain::{AgentType, ChangeKind, Telemetry, agent::Registration};
 
     fn agent(i: usize) -> Agent {
         let telemetry = Telemetry {

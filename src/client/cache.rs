@@ -15,12 +15,12 @@ use tokio_util::sync::CancellationToken;
 use super::RegistryClient;
 use crate::backoff::backoff;
 use crate::{
-    sync,
     domain::{
         Agent, AgentType, Status, Telemetry,
         query::{Strategy, order_discovered},
     },
     pb::{self, agent_change_event::EventType},
+    sync,
 };
 
 /// First wait before watching again; doubles up to [`RETRY_CAP`].
@@ -124,8 +124,7 @@ impl DiscoveryCache {
 
     /// The revision of the last change applied.
     pub fn revision(&self) -> u64 {
-        sync::read(&self.state)
-            .revision
+        sync::read(&self.state).revision
     }
 
     /// One HEALTHY agent having all `capabilities`, chosen by `strategy`

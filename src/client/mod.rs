@@ -53,7 +53,7 @@ use crate::{
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
     /// The registry answered with an error status.
-    #[error("{}: {message}", crate::metrics::result_label(*code))]
+    #[error("{}: {message}", crate::convert::code_name(*code))]
     Status {
         /// The gRPC code.
         code: Code,

@@ -16,8 +16,8 @@ use tonic::Code;
 
 use super::{ClientError, RegistryClient, Result};
 use crate::backoff::{backoff, jittered};
-use crate::sync;
 use crate::pb;
+use crate::sync;
 
 /// First wait after a failed heartbeat; doubles up to the heartbeat interval.
 const RETRY_BASE: Duration = Duration::from_millis(100);

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod clock;
 pub mod query;
+pub mod rpc;
 pub mod token;
 pub mod validate;
 
@@ -164,6 +165,19 @@ pub enum ChangeKind {
 }
 
 impl ChangeKind {
+    /// The event name watchers and metrics see (`STATUS_CHANGED`); `None`
+    /// for a keep-alive, which watchers never see.
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Self::Registered => "REGISTERED",
+            Self::Updated => "UPDATED",
+            Self::StatusChanged { .. } => "STATUS_CHANGED",
+            Self::Deregistered => "DEREGISTERED",
+            Self::Expired => "EXPIRED",
+            Self::Touched => return None,
+        })
+    }
+
     /// Whether the agent no longer exists after this change.
     pub fn is_removal(self) -> bool {
         matches!(self, Self::Deregistered | Self::Expired)
@@ -181,6 +195,15 @@ pub struct Change {
     pub agent: Arc<Agent>,
     /// When it happened.
     pub at: Millis,
+}
+
+/// Every agent at one revision, to (re)build a view.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// The revision the snapshot reflects.
+    pub revision: Revision,
+    /// Every agent.
+    pub agents: Vec<Arc<Agent>>,
 }
 
 /// A message pushed to an agent through NotifyAgent.
@@ -223,6 +246,10 @@ pub enum Error {
     /// The registration token does not match the agent's.
     #[error("registration token does not match")]
     PermissionDenied,
+    /// This replica does not follow a reachable store right now (the store
+    /// is down, or the view is still loading): refused before touching it.
+    #[error("registry store unavailable; retry later")]
+    NotServing,
     /// The store cannot be reached; try again later.
     #[error("store unavailable")]
     Unavailable {

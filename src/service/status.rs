@@ -19,6 +19,7 @@ impl From<Error> for Status {
                 "registration token required (field registration_token or metadata x-registration-token)",
             ),
             Error::PermissionDenied => Status::permission_denied(error.to_string()),
+            Error::NotServing => store_unavailable(),
             Error::Unavailable { source } => {
                 tracing::warn!(error = %error_chain(source.as_ref()), "store unavailable");
                 store_unavailable()
@@ -56,6 +57,11 @@ pub fn store_unavailable() -> Status {
 /// Streams end with this when the server stops.
 pub fn shutting_down() -> Status {
     Status::unavailable("registry is shutting down")
+}
+
+/// gRPC health asked about a service this server does not have.
+pub fn unknown_health_service() -> Status {
+    Status::not_found("unknown service")
 }
 
 #[cfg(test)]

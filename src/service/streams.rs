@@ -9,13 +9,10 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
-use super::{ResponseStream, convert, status};
+use super::{ResponseStream, status};
 use crate::{
-    domain::{Notification, clock::Clock},
-    mailbox::Subscription,
-    outbox::StreamEnd,
-    pb,
-    view::Watch,
+    api::Subscribed, convert, domain::clock::Clock, hub::Watch, mailbox::Subscription,
+    outbox::StreamEnd, pb,
 };
 
 /// What every stream needs besides its data.
@@ -67,7 +64,7 @@ pub fn watch(
         drop(snapshot);
         loop {
             match context.next(events.recv()).await {
-                Ok(event) => yield Ok(convert::change_event(&event)),
+                Ok(change) => yield Ok(pb::AgentChangeEvent::from(&change)),
                 Err(status) => {
                     yield Err(status);
                     break;
@@ -77,38 +74,30 @@ pub fn watch(
     })
 }
 
-/// What a subscriber is owed before live notifications.
-pub struct Backlog {
-    /// The id the client resumes after (0 = from the start).
-    pub after: u64,
-    /// The queued notifications after it, in order.
-    pub notifications: Vec<Arc<Notification>>,
-}
-
 /// The SubscribeNotifications stream: the backlog, then live notifications
-/// newer than anything already sent. `interest` keeps the store routing the
-/// agent's notifications to this replica while the stream lives.
+/// newer than anything already sent. The subscription's interest keeps the
+/// store routing the agent's notifications to this replica while the stream
+/// lives.
 pub fn notifications<I: Send + 'static>(
-    backlog: Backlog,
-    subscription: Subscription,
-    interest: I,
+    subscribed: Subscribed<I>,
     context: StreamContext,
 ) -> ResponseStream<pb::AgentNotification> {
     Box::pin(async_stream::stream! {
+        let Subscribed { after, backlog, live, interest } = subscribed;
         let _interest = interest;
-        let Subscription { mut inbox, guard } = subscription;
+        let Subscription { mut inbox, guard } = live;
         let _guard = guard;
-        let mut last = backlog.after;
-        for n in backlog.notifications {
+        let mut last = after;
+        for n in backlog {
             last = n.id;
-            yield Ok(convert::notification(&n));
+            yield Ok(pb::AgentNotification::from(&*n));
         }
         loop {
             match context.next(inbox.recv()).await {
                 Ok(n) if n.id <= last => continue,
                 Ok(n) => {
                     last = n.id;
-                    yield Ok(convert::notification(&n));
+                    yield Ok(pb::AgentNotification::from(&*n));
                 }
                 Err(status) => {
                     yield Err(status);

@@ -15,11 +15,11 @@ use super::{
     BACKLOG_LEN, Feed, FeedMessage, HeartbeatCommand, Heartbeaten, Notified, NotifyCommand,
     Ownership, Reaped, RegisterCommand, Registered, Snapshot, Store,
 };
-use crate::sync;
 use crate::domain::{
     Agent, AgentId, Change, ChangeKind, Error, Millis, Notification, Result, Revision, TokenHash,
     token::authorize,
 };
+use crate::sync;
 
 /// Messages the feed buffers per subscriber before it lags (and resyncs).
 const FEED_CAPACITY: usize = 16 * 1024;

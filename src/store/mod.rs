@@ -128,14 +128,7 @@ pub struct Reaped {
     pub next_due: Option<Millis>,
 }
 
-/// Every agent at one revision, to (re)build a view.
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot {
-    /// The revision the snapshot reflects.
-    pub revision: Revision,
-    /// Every agent.
-    pub agents: Vec<Arc<Agent>>,
-}
+pub use crate::domain::Snapshot;
 
 /// The registry's storage. Implementations make each method one atomic step
 /// and publish its changes, in revision order, to [`Store::subscribe`]rs.

@@ -22,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 use super::{codec, keys::Keys};
 use crate::{
     backoff::Backoff,
-    sync,
     domain::{AgentId, Error, Result},
     store::FeedMessage,
+    sync,
 };
 
 /// How long connecting or (un)subscribing may take.

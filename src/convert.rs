@@ -1,0 +1,380 @@
+//! Wire ↔ domain, in one place for the whole crate: the service decodes and
+//! validates every request here (BEHAVIOUR.md §2) and encodes every answer;
+//! the SDK, the Redis codec and the CLI use the same conversions.
+//!
+//! Depends on: pb, domain.
+
+use std::collections::HashMap;
+
+use tonic::metadata::MetadataMap;
+
+use crate::{
+    api,
+    config::TtlPolicy,
+    domain::{
+        Agent, AgentId, AgentType, Change, ChangeKind, Error, Notification, Result, Status,
+        Telemetry, Token,
+        agent::Registration,
+        query::{AgentFilter, DiscoverQuery, Strategy, WatchSelection},
+        to_secs, validate,
+    },
+    pb::{self, agent_change_event::EventType},
+    store::Registered,
+};
+
+/// gRPC metadata key that may carry the registration token.
+pub const TOKEN_METADATA_KEY: &str = "x-registration-token";
+
+/// Response metadata set on reads served while the store is unreachable.
+pub const STALE_METADATA_KEY: &str = "x-registry-stale";
+
+/// The token a caller presented: the request field if set, else the
+/// `x-registration-token` metadata entry.
+pub fn presented_token(field: String, metadata: &MetadataMap) -> Option<Token> {
+    if !field.is_empty() {
+        return Some(Token::presented(field));
+    }
+    metadata
+        .get(TOKEN_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .map(|s| Token::presented(s.to_owned()))
+}
+
+/// An agent type that must be set (Register).
+pub fn required_agent_type(n: i32) -> Result<AgentType> {
+    AgentType::from_wire(n).ok_or_else(|| {
+        Error::invalid(
+            "agent_type",
+            format!("{n} is not WORKER, SCOUT, GUARD or ANALYST"),
+        )
+    })
+}
+
+/// An agent type filter: 0 = any.
+pub fn agent_type_filter(n: i32) -> Result<Option<AgentType>> {
+    if n == 0 {
+        return Ok(None);
+    }
+    required_agent_type(n).map(Some)
+}
+
+impl From<pb::AgentTelemetry> for Telemetry {
+    /// Field by field, unvalidated (see [`telemetry`] for requests).
+    fn from(t: pb::AgentTelemetry) -> Self {
+        Self {
+            success_rate: t.success_rate,
+            avg_duration_ms: t.avg_duration_ms,
+            total_executions: t.total_executions,
+            failed_executions: t.failed_executions,
+            last_execution_at: t.last_execution_at,
+        }
+    }
+}
+
+impl From<&Telemetry> for pb::AgentTelemetry {
+    fn from(t: &Telemetry) -> Self {
+        Self {
+            success_rate: t.success_rate,
+            avg_duration_ms: t.avg_duration_ms,
+            total_executions: t.total_executions,
+            failed_executions: t.failed_executions,
+            last_execution_at: t.last_execution_at,
+        }
+    }
+}
+
+/// Telemetry from a request, validated.
+pub fn telemetry(t: pb::AgentTelemetry) -> Result<Telemetry> {
+    validate::telemetry(t.into())
+}
+
+impl From<pb::DiscoveryStrategy> for Strategy {
+    fn from(s: pb::DiscoveryStrategy) -> Self {
+        match s {
+            pb::DiscoveryStrategy::Ranked => Self::Ranked,
+            pb::DiscoveryStrategy::RoundRobin => Self::RoundRobin,
+            pb::DiscoveryStrategy::Random => Self::Random,
+        }
+    }
+}
+
+/// A strategy number from a request.
+pub fn strategy(n: i32) -> Result<Strategy> {
+    pb::DiscoveryStrategy::try_from(n)
+        .map(Strategy::from)
+        .map_err(|_| Error::invalid("strategy", "must be RANKED, ROUND_ROBIN or RANDOM"))
+}
+
+/// A whole Register request: the registration, then the id to register
+/// again under (the token is the call's, see [`presented_token`]).
+pub fn register_request(
+    req: &mut pb::RegisterRequest,
+    ttl: &TtlPolicy,
+) -> Result<api::RegisterRequest> {
+    let registration = registration(req, ttl)?;
+    let agent_id = match req.agent_id.as_str() {
+        "" => None,
+        id => Some(validate::agent_id("agent_id", id)?),
+    };
+    Ok(api::RegisterRequest {
+        registration,
+        agent_id,
+    })
+}
+
+/// The answer to a Register: id, token, granted TTL and interval.
+pub fn register_response(registered: &Registered) -> pb::RegisterResponse {
+    let ttl = registered.agent.ttl_secs;
+    pb::RegisterResponse {
+        agent_id: registered.agent.id.to_string(),
+        registration_token: registered
+            .token
+            .as_ref()
+            .map(|t| t.expose().to_owned())
+            .unwrap_or_default(),
+        registered_at: registered.agent.registered_at,
+        ttl_seconds: i32::try_from(ttl).unwrap_or(i32::MAX),
+        heartbeat_interval_seconds: i32::try_from((ttl / 3).max(1)).unwrap_or(i32::MAX),
+    }
+}
+
+/// The registration part of a Register request.
+pub fn registration(req: &mut pb::RegisterRequest, ttl: &TtlPolicy) -> Result<Registration> {
+    let mut registration = Registration {
+        agent_type: required_agent_type(req.agent_type)?,
+        capabilities: validate::capabilities(std::mem::take(&mut req.capabilities), true)?,
+        metadata: validate::metadata("metadata", std::mem::take(&mut req.metadata))?,
+        namespace: validate::label("namespace", std::mem::take(&mut req.namespace), "default")?,
+        cluster: validate::label("cluster", std::mem::take(&mut req.cluster), "local")?,
+        version: validate::label("version", std::mem::take(&mut req.version), "1.0.0")?,
+        endpoint: validate::endpoint(std::mem::take(&mut req.endpoint))?,
+        telemetry: req.telemetry.take().map(telemetry).transpose()?,
+        ttl_secs: validate::ttl(req.ttl_seconds, ttl.default_ttl, ttl.min_ttl, ttl.max_ttl)?,
+    };
+    registration.mirror_endpoint();
+    Ok(registration)
+}
+
+/// List/Discover filters: `namespace`, `cluster`, `version`, `status`,
+/// `agent_type` (as if given in the field; both must agree); any other key
+/// is a metadata match (BEHAVIOUR.md §4).
+pub fn filter(agent_type: i32, filters: HashMap<String, String>) -> Result<AgentFilter> {
+    let mut filter = AgentFilter {
+        agent_type: agent_type_filter(agent_type)?,
+        ..AgentFilter::default()
+    };
+    for (key, value) in validate::metadata("filters", filters)? {
+        match key.as_str() {
+            "namespace" => filter.namespace = Some(value),
+            "cluster" => filter.cluster = Some(value),
+            "version" => filter.version = Some(value),
+            "status" => filter.status = Some(validate::status_filter(&value)?),
+            "agent_type" => {
+                let named = validate::agent_type_filter(&value)?;
+                if filter.agent_type.is_some_and(|t| t != named) {
+                    return Err(Error::invalid(
+                        "filters[\"agent_type\"]",
+                        format!("{value} contradicts the agent_type field"),
+                    ));
+                }
+                filter.agent_type = Some(named);
+            }
+            _ => {
+                filter.metadata.insert(key, value);
+            }
+        }
+    }
+    Ok(filter)
+}
+
+/// A DiscoverAgents request.
+pub fn discover_query(req: pb::DiscoverRequest) -> Result<DiscoverQuery> {
+    let mut capabilities = validate::capabilities(req.capabilities, false)?;
+    capabilities.sort();
+    let mut filter = filter(req.agent_type, req.filters)?;
+    filter.status.get_or_insert(crate::domain::Status::Healthy);
+    let strategy = strategy(req.strategy)?;
+    Ok(DiscoverQuery {
+        capabilities,
+        filter,
+        max_results: validate::max_results(req.max_results)?,
+        strategy,
+    })
+}
+
+/// A WatchAgents selection.
+pub fn watch_selection(req: &mut pb::WatchAgentsRequest) -> Result<WatchSelection> {
+    let namespace = std::mem::take(&mut req.namespace);
+    if namespace.len() > validate::MAX_LABEL_BYTES {
+        return Err(Error::invalid("namespace", "at most 128 bytes"));
+    }
+    Ok(WatchSelection {
+        agent_type: agent_type_filter(req.agent_type)?,
+        capabilities: validate::capabilities(std::mem::take(&mut req.capabilities), false)?,
+        namespace: (!namespace.is_empty()).then_some(namespace),
+    })
+}
+
+impl From<&Registration> for pb::AgentInfo {
+    /// The registration's fields only (what the Redis store keeps as the
+    /// agent's `reg` blob).
+    fn from(reg: &Registration) -> Self {
+        Self {
+            agent_type: reg.agent_type as i32,
+            capabilities: reg.capabilities.clone(),
+            metadata: to_map(&reg.metadata),
+            namespace: reg.namespace.clone(),
+            cluster: reg.cluster.clone(),
+            version: reg.version.clone(),
+            endpoint: reg.endpoint.clone(),
+            ..Self::default()
+        }
+    }
+}
+
+impl From<&Agent> for pb::AgentInfo {
+    /// The wire form of an agent. Never carries anything secret: the domain
+    /// agent holds no token.
+    fn from(agent: &Agent) -> Self {
+        Self {
+            agent_id: agent.id.to_string(),
+            agent_type: agent.agent_type as i32,
+            capabilities: agent.capabilities.clone(),
+            metadata: to_map(&agent.metadata),
+            telemetry: Some((&agent.telemetry).into()),
+            status: agent.status as i32,
+            registered_at: agent.registered_at,
+            last_seen: agent.last_seen(),
+            namespace: agent.namespace.clone(),
+            cluster: agent.cluster.clone(),
+            version: agent.version.clone(),
+            schema_version: 1,
+            endpoint: agent.endpoint.clone(),
+            expires_at: agent.expires_at(),
+            revision: agent.revision,
+            health_check: None,
+            health_output: String::new(),
+        }
+    }
+}
+
+/// The domain form of a wire agent with id `id`, as far as the wire carries
+/// it: `last_seen` in whole seconds, no TTL, not overdue; a status of 0
+/// reads as HEALTHY. `None` for an unknown agent type.
+pub fn agent_from_wire(id: AgentId, info: pb::AgentInfo) -> Option<Agent> {
+    Some(Agent {
+        id,
+        agent_type: AgentType::from_wire(info.agent_type)?,
+        capabilities: info.capabilities,
+        metadata: info.metadata.into_iter().collect(),
+        telemetry: info.telemetry.unwrap_or_default().into(),
+        status: Status::from_wire(info.status).unwrap_or(Status::Healthy),
+        overdue: false,
+        registered_at: info.registered_at,
+        last_seen_ms: info.last_seen.saturating_mul(1000),
+        ttl_secs: 0,
+        namespace: info.namespace,
+        cluster: info.cluster,
+        version: info.version,
+        endpoint: info.endpoint,
+        revision: info.revision,
+    })
+}
+
+fn to_map(m: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// The wire name of a change kind (keep-alives, never sent, read as
+/// UPDATED).
+impl From<ChangeKind> for EventType {
+    fn from(kind: ChangeKind) -> Self {
+        match kind {
+            ChangeKind::Registered => Self::Registered,
+            ChangeKind::Updated | ChangeKind::Touched => Self::Updated,
+            ChangeKind::StatusChanged { .. } => Self::StatusChanged,
+            ChangeKind::Deregistered => Self::Deregistered,
+            ChangeKind::Expired => Self::Expired,
+        }
+    }
+}
+
+impl From<&Change> for pb::AgentChangeEvent {
+    /// The wire form of a live change.
+    fn from(change: &Change) -> Self {
+        let previous_status = match change.kind {
+            ChangeKind::StatusChanged { previous } => previous as i32,
+            _ => 0,
+        };
+        let mut agent = pb::AgentInfo::from(&*change.agent);
+        agent.revision = change.revision;
+        Self {
+            event_type: EventType::from(change.kind) as i32,
+            agent: Some(agent),
+            timestamp: to_secs(change.at),
+            revision: change.revision,
+            previous_status,
+        }
+    }
+}
+
+/// A SNAPSHOT event for an agent of the initial snapshot.
+pub fn snapshot_event(agent: &Agent, now_ms: i64) -> pb::AgentChangeEvent {
+    pb::AgentChangeEvent {
+        event_type: EventType::Snapshot as i32,
+        agent: Some(agent.into()),
+        timestamp: to_secs(now_ms),
+        revision: agent.revision,
+        previous_status: 0,
+    }
+}
+
+/// The SYNCED marker closing the initial snapshot.
+pub fn synced_event(revision: u64, now_ms: i64) -> pb::AgentChangeEvent {
+    pb::AgentChangeEvent {
+        event_type: EventType::Synced as i32,
+        agent: None,
+        timestamp: to_secs(now_ms),
+        revision,
+        previous_status: 0,
+    }
+}
+
+impl From<&Notification> for pb::AgentNotification {
+    fn from(n: &Notification) -> Self {
+        Self {
+            notification_id: n.id.to_string(),
+            agent_id: n.agent_id.to_string(),
+            notification_type: n.kind.clone(),
+            message: n.message.clone(),
+            metadata: to_map(&n.metadata),
+            timestamp: to_secs(n.at),
+        }
+    }
+}
+
+/// `ok`, or the gRPC code's name as in `INVALID_ARGUMENT`: the `result`
+/// label of the call counters, and how the SDK names a code.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
