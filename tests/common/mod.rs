@@ -8,12 +8,14 @@
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use agent_registry::{
-    config::Config,
+    config::{Config, Settings},
     pb::{self, service_registry_client::ServiceRegistryClient},
     server::{self, Running},
 };
 use clap::Parser;
 use tonic::transport::Channel;
+
+pub mod calls;
 
 /// The store a test server runs on.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -200,33 +202,7 @@ impl TestServer {
                 .with_test_writer()
                 .try_init();
         }
-        let mut args: Vec<String> = [
-            "agent-registry",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--removal-grace",
-            "1",
-            "--min-ttl",
-            "1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        match redis_url {
-            None => args.extend(["--store".into(), "memory".into()]),
-            Some(url) => args.extend([
-                "--store".into(),
-                "redis".into(),
-                "--redis-url".into(),
-                url.into(),
-            ]),
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let settings = Config::try_parse_from(&args).unwrap().settings().unwrap();
+        let settings = test_settings(redis_url, extra);
         let running = server::start(settings).await.unwrap();
         let server = Self {
             addr: running.grpc_addr(),
@@ -273,6 +249,40 @@ impl TestServer {
             running.shutdown().await;
         }
     }
+}
+
+/// The settings of an in-process test server: test-friendly timings
+/// (`--removal-grace 1`, `--min-ttl 1`, default TTL 60 s) on ports 0, the
+/// memory store or the Redis at `redis_url`, then `extra` flags (they
+/// override the defaults).
+pub fn test_settings(redis_url: Option<&str>, extra: &[&str]) -> Settings {
+    let mut args: Vec<String> = [
+        "agent-registry",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--removal-grace",
+        "1",
+        "--min-ttl",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    match redis_url {
+        None => args.extend(["--store".into(), "memory".into()]),
+        Some(url) => args.extend([
+            "--store".into(),
+            "redis".into(),
+            "--redis-url".into(),
+            url.into(),
+        ]),
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Config::try_parse_from(&args).unwrap().settings().unwrap()
 }
 
 /// Opens a snapshot watch of everything and reads it up to SYNCED (each
