@@ -21,10 +21,10 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto/ proto/
 COPY tests/proto/ tests/proto/
-RUN mkdir -p src/bin benches \
+RUN mkdir -p src/bin/registryctl benches \
  && echo '//! stub' > src/lib.rs \
  && printf '//! stub\nfn main() {}\n' > src/main.rs \
- && printf '//! stub\nfn main() {}\n' > src/bin/registryctl.rs \
+ && printf '//! stub\nfn main() {}\n' > src/bin/registryctl/main.rs \
  && printf '//! stub\nfn main() {}\n' > benches/registry.rs \
  && cargo build --release --locked --bin agent-registry --bin registryctl \
  && rm -rf src benches \

@@ -18,6 +18,7 @@
 //! - [`service`]: the tonic service: decode → validate → call → encode.
 //! - [`server`]: the composition root.
 //! - [`config`]: flags and environment variables.
+//! - [`signal`]: waiting for SIGTERM or Ctrl-C, for the server and the CLI.
 //! - [`metrics`], [`admin`], [`health`]: Prometheus metrics, the HTTP probes and
 //!   gRPC health.
 //! - [`client`]: the Rust SDK (client, agent session, discovery cache).
@@ -40,6 +41,7 @@ pub mod pb;
 pub mod reaper;
 pub mod server;
 pub mod service;
+pub mod signal;
 pub mod store;
 pub mod sync;
 pub mod view;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use agent_registry::{
     config::{Config, LogFormat},
-    server,
+    server, signal,
 };
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -37,7 +37,7 @@ async fn main() -> ExitCode {
     };
     let token = running.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signal::shutdown_requested().await;
         tracing::info!("shutdown requested");
         token.cancel();
     });
@@ -54,28 +54,5 @@ fn install_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -6,19 +6,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::*;
+use common::{calls::*, *};
 
 use std::{
     collections::{BTreeSet, HashMap},
     time::Duration,
 };
 
-use agent_registry::pb::{
-    self, agent_change_event::EventType, service_registry_client::ServiceRegistryClient,
-};
-use tonic::{Code, Streaming, transport::Channel};
+use agent_registry::pb::{self, agent_change_event::EventType};
+use tonic::{Code, Streaming};
 
-type Client = ServiceRegistryClient<Channel>;
 type Events = Streaming<pb::AgentChangeEvent>;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -130,18 +127,6 @@ fn assert_exact(agent: &pb::AgentInfo, request: &pb::RegisterRequest, context: &
         agent.agent_type, request.agent_type,
         "{context}: agent_type"
     );
-}
-
-fn kind(event: &pb::AgentChangeEvent) -> EventType {
-    EventType::try_from(event.event_type).expect("a known event type")
-}
-
-async fn register(client: &mut Client, request: pb::RegisterRequest) -> pb::RegisterResponse {
-    tokio::time::timeout(WAIT, client.register(request))
-        .await
-        .expect("register answers in time")
-        .expect("register succeeds")
-        .into_inner()
 }
 
 async fn get(client: &mut Client, id: &str) -> Result<pb::AgentInfo, tonic::Status> {

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::*;
+use common::{calls::*, *};
 
 use std::{
     collections::{HashMap, HashSet},
@@ -16,55 +16,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_registry::pb::{
-    self, agent_change_event::EventType, service_registry_client::ServiceRegistryClient,
-};
-use tonic::{Code, Streaming, transport::Channel};
+use agent_registry::pb::{self, agent_change_event::EventType};
+use tonic::{Code, Streaming};
 
-type Client = ServiceRegistryClient<Channel>;
-
-/// Longest a single call may take in these tests before it counts as a hang.
-const CALL_WAIT: Duration = Duration::from_secs(5);
 /// The contract's bound for a write to show on every replica.
 const REPLICATION: Duration = Duration::from_millis(200);
 
 // ------------------------------------------------------------------ helpers
-
-fn telemetry(success_rate: f64, total: i64) -> pb::AgentTelemetry {
-    let failed = (((1.0 - success_rate) * total as f64).round() as i64).clamp(0, total);
-    pb::AgentTelemetry {
-        success_rate,
-        avg_duration_ms: 10,
-        total_executions: total,
-        failed_executions: failed,
-        last_execution_at: 0,
-    }
-}
-
-fn kind(event: &pb::AgentChangeEvent) -> EventType {
-    EventType::try_from(event.event_type).expect("a known event type")
-}
-
-fn id_of(event: &pb::AgentChangeEvent) -> String {
-    event
-        .agent
-        .as_ref()
-        .map(|a| a.agent_id.clone())
-        .unwrap_or_default()
-}
-
-async fn register(client: &mut Client, request: pb::RegisterRequest) -> pb::RegisterResponse {
-    tokio::time::timeout(CALL_WAIT, client.register(request))
-        .await
-        .expect("register answers in time")
-        .expect("register succeeds")
-        .into_inner()
-}
-
-fn with_ttl(mut request: pb::RegisterRequest, ttl_seconds: i32) -> pb::RegisterRequest {
-    request.ttl_seconds = ttl_seconds;
-    request
-}
 
 async fn heartbeat(
     client: &mut Client,

@@ -8,12 +8,17 @@
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use agent_registry::{
-    config::Config,
+    config::{Config, Settings},
     pb::{self, service_registry_client::ServiceRegistryClient},
     server::{self, Running},
 };
 use clap::Parser;
 use tonic::transport::Channel;
+
+pub mod calls;
+mod redis_server;
+
+pub use redis_server::RedisProcess;
 
 /// The store a test server runs on.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -22,126 +27,6 @@ pub enum Backend {
     Memory,
     /// A `redis-server` process of the test's own.
     Redis,
-}
-
-/// A `redis-server` child process on a free loopback port, with no
-/// persistence, in a temporary directory. Killed and reaped on drop; tests
-/// can kill it (SIGKILL) and restart it on the same port.
-pub struct RedisProcess {
-    /// Its TCP port on 127.0.0.1.
-    pub port: u16,
-    child: Option<std::process::Child>,
-    dir: tempfile::TempDir,
-}
-
-impl RedisProcess {
-    /// Starts a fresh server and waits until it answers PING.
-    pub async fn start() -> Self {
-        let mut redis = Self {
-            port: 0,
-            child: None,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        for _ in 0..10 {
-            redis.port = free_port();
-            if redis.spawn().await {
-                return redis;
-            }
-            redis.kill();
-        }
-        panic!("could not start redis-server on a free port");
-    }
-
-    async fn spawn(&mut self) -> bool {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir.path().to_str().unwrap(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (make deps)");
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while tokio::time::Instant::now() < deadline {
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                self.child = None;
-                return false; // exited: port taken
-            }
-            if self.ping().await {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
-    }
-
-    /// Whether the server answers PING right now.
-    pub async fn ping(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.url()) else {
-            return false;
-        };
-        let attempt = async {
-            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-            redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .ok()
-        };
-        matches!(
-            tokio::time::timeout(Duration::from_millis(500), attempt).await,
-            Ok(Some(_))
-        )
-    }
-
-    /// `redis://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// A direct connection, for inspecting keys or injecting faults.
-    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-
-    /// SIGKILLs the server and reaps it.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the server again on the same port (empty: no persistence).
-    pub async fn restart(&mut self) {
-        self.kill();
-        for _ in 0..50 {
-            if self.spawn().await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("could not restart redis-server on port {}", self.port);
-    }
-}
-
-impl Drop for RedisProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// A port that was free on 127.0.0.1 a moment ago.
@@ -200,33 +85,7 @@ impl TestServer {
                 .with_test_writer()
                 .try_init();
         }
-        let mut args: Vec<String> = [
-            "agent-registry",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--removal-grace",
-            "1",
-            "--min-ttl",
-            "1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        match redis_url {
-            None => args.extend(["--store".into(), "memory".into()]),
-            Some(url) => args.extend([
-                "--store".into(),
-                "redis".into(),
-                "--redis-url".into(),
-                url.into(),
-            ]),
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let settings = Config::try_parse_from(&args).unwrap().settings().unwrap();
+        let settings = test_settings(redis_url, extra);
         let running = server::start(settings).await.unwrap();
         let server = Self {
             addr: running.grpc_addr(),
@@ -273,6 +132,40 @@ impl TestServer {
             running.shutdown().await;
         }
     }
+}
+
+/// The settings of an in-process test server: test-friendly timings
+/// (`--removal-grace 1`, `--min-ttl 1`, default TTL 60 s) on ports 0, the
+/// memory store or the Redis at `redis_url`, then `extra` flags (they
+/// override the defaults).
+pub fn test_settings(redis_url: Option<&str>, extra: &[&str]) -> Settings {
+    let mut args: Vec<String> = [
+        "agent-registry",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--removal-grace",
+        "1",
+        "--min-ttl",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    match redis_url {
+        None => args.extend(["--store".into(), "memory".into()]),
+        Some(url) => args.extend([
+            "--store".into(),
+            "redis".into(),
+            "--redis-url".into(),
+            url.into(),
+        ]),
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Config::try_parse_from(&args).unwrap().settings().unwrap()
 }
 
 /// Opens a snapshot watch of everything and reads it up to SYNCED (each
