@@ -127,37 +127,24 @@ pub struct Policy {
 }
 
 /// The registry: the nine operations over one store, this replica's view
-/// and mailboxes. Cheap to share (`Arc<Registry<S>>`).
+/// and mailboxes. Built once by the composition root (`server`); cheap to
+/// share (`Arc<Registry<S>>`).
 pub struct Registry<S> {
-    store: Arc<S>,
-    view: Arc<View>,
-    mailboxes: Arc<Mailboxes>,
-    clock: Arc<dyn Clock>,
-    policy: Policy,
+    /// The store.
+    pub(crate) store: Arc<S>,
+    /// This replica's view.
+    pub(crate) view: Arc<View>,
+    /// This replica's notification subscribers.
+    pub(crate) mailboxes: Arc<Mailboxes>,
+    /// Time source.
+    pub(crate) clock: Arc<dyn Clock>,
+    /// TTL and token rules.
+    pub(crate) policy: Policy,
     /// Cancelled when the server stops: waits end, new work is refused.
-    shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl<S: Store> Registry<S> {
-    /// The registry over `store`, with this replica's `view` and `mailboxes`.
-    pub fn new(
-        store: Arc<S>,
-        view: Arc<View>,
-        mailboxes: Arc<Mailboxes>,
-        clock: Arc<dyn Clock>,
-        policy: Policy,
-        shutdown: CancellationToken,
-    ) -> Self {
-        Self {
-            store,
-            view,
-            mailboxes,
-            clock,
-            policy,
-            shutdown,
-        }
-    }
-
     /// TTL rules requests are decoded with.
     pub fn ttl(&self) -> &TtlPolicy {
         &self.policy.ttl

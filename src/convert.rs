@@ -74,12 +74,19 @@ impl From<pb::AgentTelemetry> for Telemetry {
 
 impl From<&Telemetry> for pb::AgentTelemetry {
     fn from(t: &Telemetry) -> Self {
+        let Telemetry {
+            success_rate,
+            avg_duration_ms,
+            total_executions,
+            failed_executions,
+            last_execution_at,
+        } = *t;
         Self {
-            success_rate: t.success_rate,
-            avg_duration_ms: t.avg_duration_ms,
-            total_executions: t.total_executions,
-            failed_executions: t.failed_executions,
-            last_execution_at: t.last_execution_at,
+            success_rate,
+            avg_duration_ms,
+            total_executions,
+            failed_executions,
+            last_execution_at,
         }
     }
 }

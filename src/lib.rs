@@ -4,19 +4,24 @@
 //!
 //! # Layout
 //! - [`domain`]: the pure model and rules (validation, tokens, status,
-//!   ranking, paging). No I/O.
+//!   ranking, paging, the nine [`domain::rpc::Rpc`]s). No I/O.
 //! - [`store`]: the [`store::Store`] trait and its implementations; every
 //!   mutation is atomic, bumps the registry-wide revision and publishes the
 //!   change on the feed.
 //! - [`feed`]: the one task per replica that applies the store's changes, in
 //!   order, to the [`view`] and the [`mailbox`]es.
-//! - [`view`]: each replica's in-memory index; serves reads and fans changes
-//!   out to watchers.
+//! - [`view`]: each replica's in-memory index; serves reads.
+//! - [`hub`]: the fan-out of the view's changes to watch streams.
 //! - [`mailbox`]: live notification subscribers of this replica.
 //! - [`outbox`]: the bounded queue between the feed and one stream.
 //! - [`reaper`]: moves overdue agents to UNHEALTHY, then removes them.
-//! - [`service`]: the tonic service: decode → validate → call → encode.
+//! - [`api`]: the nine operations, transport-independent (domain in, domain
+//!   out): availability rules, read-your-writes, token policy.
+//! - [`convert`]: every wire ↔ domain conversion (service, SDK, Redis codec).
+//! - [`service`]: the tonic service: decode → call [`api`] → encode; errors
+//!   to statuses in one place, per-call metrics and spans in one layer.
 //! - [`server`]: the composition root.
+//! - [`backoff`], [`sync`]: retry timing and lock helpers used everywhere.
 //! - [`config`]: flags and environment variables.
 //! - [`signal`]: waiting for SIGTERM or Ctrl-C, for the server and the CLI.
 //! - [`metrics`], [`admin`], [`health`]: Prometheus metrics, the HTTP probes and

@@ -251,14 +251,14 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
         ttl: settings.ttl,
         require_token: settings.require_token,
     };
-    let registry = Arc::new(Registry::new(
+    let registry = Arc::new(Registry {
         store,
         view,
         mailboxes,
         clock,
         policy,
-        shutdown.clone(),
-    ));
+        shutdown: shutdown.clone(),
+    });
     let service = RegistryService::new(registry, &metrics);
     let reflection = || {
         tonic_reflection::server::Builder::configure()

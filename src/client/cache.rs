@@ -13,11 +13,12 @@ use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::RegistryClient;
-use crate::backoff::backoff;
 use crate::{
+    backoff::backoff,
+    convert,
     domain::{
-        Agent, AgentType, Status, Telemetry,
-        query::{Strategy, order_discovered},
+        Agent, Status,
+        query::{Strategy, order_discovered, status_selects},
     },
     pb::{self, agent_change_event::EventType},
     sync,
@@ -127,7 +128,7 @@ impl DiscoveryCache {
         sync::read(&self.state).revision
     }
 
-    /// One HEALTHY agent having all `capabilities`, chosen by `strategy`
+    /// One HEALTHY (else DEGRADED) agent having all `capabilities`, chosen by `strategy`
     /// exactly as DiscoverAgents would (ranked, round-robin, random).
     pub fn pick(
         &self,
@@ -137,7 +138,8 @@ impl DiscoveryCache {
         self.pick_n(capabilities, strategy, 1).into_iter().next()
     }
 
-    /// Up to `n` HEALTHY agents having all `capabilities`, ordered by
+    /// Up to `n` agents having all `capabilities`, HEALTHY ones first and
+    /// DEGRADED ones as the fallback, each group ordered by
     /// `strategy`.
     pub fn pick_n(
         &self,
@@ -149,7 +151,10 @@ impl DiscoveryCache {
         let candidates: Vec<(Agent, &pb::AgentInfo)> = state
             .agents
             .values()
-            .filter(|a| a.status == pb::AgentStatus::Healthy as i32)
+            // HEALTHY agents, then DEGRADED ones as the fallback (§4).
+            .filter(|a| {
+                Status::from_wire(a.status).is_some_and(|s| status_selects(Status::Healthy, s))
+            })
             .filter(|a| {
                 capabilities
                     .iter()
@@ -157,11 +162,7 @@ impl DiscoveryCache {
             })
             .filter_map(|a| to_domain(a).map(|d| (d, a)))
             .collect();
-        let strategy = match strategy {
-            pb::DiscoveryStrategy::Ranked => Strategy::Ranked,
-            pb::DiscoveryStrategy::RoundRobin => Strategy::RoundRobin,
-            pb::DiscoveryStrategy::Random => Strategy::Random,
-        };
+        let strategy = Strategy::from(strategy);
         let rotation = match strategy {
             Strategy::RoundRobin => self.rotation.fetch_add(1, Ordering::Relaxed),
             _ => 0,
@@ -190,32 +191,10 @@ impl Drop for DiscoveryCache {
     }
 }
 
-/// The fields of an agent ranking needs, in domain form.
+/// An agent in domain form, for the ranking rules.
 fn to_domain(info: &pb::AgentInfo) -> Option<Agent> {
-    let t = info.telemetry.unwrap_or_default();
-    Some(Agent {
-        id: info.agent_id.parse().ok()?,
-        agent_type: AgentType::from_wire(info.agent_type)?,
-        capabilities: Vec::new(),
-        metadata: Default::default(),
-        telemetry: Telemetry {
-            success_rate: t.success_rate,
-            avg_duration_ms: t.avg_duration_ms,
-            total_executions: t.total_executions,
-            failed_executions: t.failed_executions,
-            last_execution_at: t.last_execution_at,
-        },
-        status: Status::from_wire(info.status)?,
-        overdue: false,
-        registered_at: info.registered_at,
-        last_seen_ms: info.last_seen.saturating_mul(1000),
-        ttl_secs: 0,
-        namespace: String::new(),
-        cluster: String::new(),
-        version: String::new(),
-        endpoint: String::new(),
-        revision: info.revision,
-    })
+    let id = info.agent_id.parse().ok()?;
+    convert::agent_from_wire(id, info.clone())
 }
 
 /// The background side of a [`DiscoveryCache`].

@@ -162,18 +162,26 @@ pub(crate) struct RegisterArgs {
     /// registered).
     #[arg(long, value_name = "ID")]
     pub(crate) agent_id: Option<String>,
-    /// The agent's registration token (used with --agent-id only).
-    #[arg(
-        long,
-        env = "REGISTRY_TOKEN",
-        hide_env_values = true,
-        allow_hyphen_values = true
-    )]
-    pub(crate) token: Option<String>,
+    #[command(flatten)]
+    pub(crate) token: TokenArg,
     /// Keep the agent alive with heartbeats until Ctrl-C or SIGTERM, print
     /// its state changes, then deregister it.
     #[arg(long)]
     pub(crate) keep_alive: bool,
+}
+
+/// The agent's registration token: `--token`, or `REGISTRY_TOKEN` (a token
+/// may start with `-`).
+#[derive(Debug, Args)]
+pub(crate) struct TokenArg {
+    /// The agent's registration token.
+    #[arg(
+        long = "token",
+        env = "REGISTRY_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub(crate) value: Option<String>,
 }
 
 /// `heartbeat` options.
@@ -181,14 +189,8 @@ pub(crate) struct RegisterArgs {
 pub(crate) struct HeartbeatArgs {
     /// The agent's id.
     pub(crate) agent_id: String,
-    /// The agent's registration token.
-    #[arg(
-        long,
-        env = "REGISTRY_TOKEN",
-        hide_env_values = true,
-        allow_hyphen_values = true
-    )]
-    pub(crate) token: Option<String>,
+    #[command(flatten)]
+    pub(crate) token: TokenArg,
     /// Telemetry: success rate, 0.0 to 1.0.
     #[arg(long, value_name = "RATE")]
     pub(crate) success_rate: Option<f64>,
@@ -208,14 +210,8 @@ pub(crate) struct HeartbeatArgs {
 pub(crate) struct DeregisterArgs {
     /// The agent's id.
     pub(crate) agent_id: String,
-    /// The agent's registration token.
-    #[arg(
-        long,
-        env = "REGISTRY_TOKEN",
-        hide_env_values = true,
-        allow_hyphen_values = true
-    )]
-    pub(crate) token: Option<String>,
+    #[command(flatten)]
+    pub(crate) token: TokenArg,
 }
 
 /// `get` options.
@@ -308,14 +304,8 @@ pub(crate) struct NotifyArgs {
 pub(crate) struct SubscribeArgs {
     /// The agent's id.
     pub(crate) agent_id: String,
-    /// The agent's registration token.
-    #[arg(
-        long,
-        env = "REGISTRY_TOKEN",
-        hide_env_values = true,
-        allow_hyphen_values = true
-    )]
-    pub(crate) token: Option<String>,
+    #[command(flatten)]
+    pub(crate) token: TokenArg,
     /// Only notifications after this id (resume).
     #[arg(long, value_name = "ID")]
     pub(crate) after: Option<String>,
@@ -380,7 +370,7 @@ mod tests {
         let Command::Heartbeat(args) = cli.command else {
             panic!("parsed as heartbeat");
         };
-        assert_eq!(args.token.as_deref(), Some("-Bx"));
+        assert_eq!(args.token.value.as_deref(), Some("-Bx"));
     }
 
     #[test]

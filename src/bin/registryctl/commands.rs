@@ -117,7 +117,7 @@ async fn register(args: RegisterArgs, client: &RegistryClient, out: &Printer) ->
         // The token only means something together with the id (it may come
         // from REGISTRY_TOKEN, which must not disturb a fresh registration).
         registration_token: if args.agent_id.is_some() {
-            args.token.unwrap_or_default()
+            args.token.value.unwrap_or_default()
         } else {
             String::new()
         },
@@ -204,7 +204,7 @@ async fn heartbeat(args: HeartbeatArgs, client: &RegistryClient, out: &Printer) 
         failed_executions: args.failed.unwrap_or(0),
         last_execution_at: 0,
     });
-    let token = args.token.unwrap_or_default();
+    let token = args.token.value.unwrap_or_default();
     let response = client.heartbeat(&args.agent_id, &token, telemetry).await?;
     out.heartbeat(&args.agent_id, &response)?;
     Ok(ExitCode::SUCCESS)
@@ -213,7 +213,7 @@ async fn heartbeat(args: HeartbeatArgs, client: &RegistryClient, out: &Printer) 
 /// `deregister`: removes the agent (status 0 also when it was not
 /// registered: deregistering is idempotent).
 async fn deregister(args: DeregisterArgs, client: &RegistryClient, out: &Printer) -> Outcome {
-    let token = args.token.unwrap_or_default();
+    let token = args.token.value.unwrap_or_default();
     let success = client.deregister(&args.agent_id, &token).await?;
     out.deregistered(&args.agent_id, success)?;
     Ok(ExitCode::SUCCESS)
@@ -318,7 +318,7 @@ async fn notify(args: NotifyArgs, client: &RegistryClient, out: &Printer) -> Out
 /// when the agent is removed).
 async fn subscribe(args: SubscribeArgs, client: &RegistryClient, out: &Printer) -> Outcome {
     let mut signals = ShutdownSignal::listen();
-    let token = args.token.unwrap_or_default();
+    let token = args.token.value.unwrap_or_default();
     let mut stream = client
         .subscribe(&args.agent_id, &token, args.after.as_deref())
         .await?;

@@ -12,9 +12,10 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use prost::Message;
 
 use crate::{
+    convert,
     domain::{
-        Agent, AgentId, AgentType, Change, ChangeKind, Error, Notification, Result, Status,
-        Telemetry, TokenHash, agent::Registration,
+        Agent, AgentId, Change, ChangeKind, Error, Notification, Result, Status, Telemetry,
+        TokenHash, agent::Registration,
     },
     pb,
 };
@@ -27,21 +28,7 @@ fn corrupt(what: impl Into<String>) -> Error {
 
 /// The registration part of a record (`reg`).
 pub fn encode_registration(reg: &Registration) -> Vec<u8> {
-    pb::AgentInfo {
-        agent_type: reg.agent_type as i32,
-        capabilities: reg.capabilities.clone(),
-        metadata: reg
-            .metadata
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        namespace: reg.namespace.clone(),
-        cluster: reg.cluster.clone(),
-        version: reg.version.clone(),
-        endpoint: reg.endpoint.clone(),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    pb::AgentInfo::from(reg).encode_to_vec()
 }
 
 /// Telemetry as canonical text (`tel`): equal telemetry, equal bytes, so a
@@ -157,22 +144,16 @@ pub fn decode_change(bytes: &[u8]) -> Result<(Change, bool)> {
         .ok()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| corrupt("agent id"))?;
+    // The blob holds the registration; the script's fields hold the rest.
     let agent = Agent {
-        id,
-        agent_type: AgentType::from_wire(reg.agent_type).ok_or_else(|| corrupt("agent type"))?,
-        capabilities: reg.capabilities,
-        metadata: reg.metadata.into_iter().collect(),
         telemetry: decode_telemetry(&f[6])?,
         status: status(&f[7])?,
         overdue: f[8].as_slice() == b"1",
         registered_at: number(&f[11], "registered_at")?,
         last_seen_ms: number(&f[9], "last_seen")?,
         ttl_secs: number(&f[10], "ttl")?,
-        namespace: reg.namespace,
-        cluster: reg.cluster,
-        version: reg.version,
-        endpoint: reg.endpoint,
         revision: number(&f[12], "agent revision")?,
+        ..convert::agent_from_wire(id, reg).ok_or_else(|| corrupt("agent type"))?
     };
     let change = Change {
         revision: number(&f[0], "revision")?,

@@ -1,0 +1,207 @@
+//! Unit tests of the parent module.
+use std::collections::HashMap;
+
+use super::*;
+
+fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+    Config::try_parse_from(std::iter::once("agent-registry").chain(args.iter().copied()))
+}
+
+use legacy::LegacyEnv;
+
+fn settings(args: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    parse(args)
+        .unwrap()
+        .settings_with(&LegacyEnv::from_lookup(|name| env.get(name).cloned()))
+}
+
+fn redis_url(s: &Settings) -> &str {
+    match &s.store {
+        StoreSettings::Redis { url, .. } => url,
+        StoreSettings::Memory => panic!("memory store"),
+    }
+}
+
+#[test]
+fn defaults_match_the_behaviour_table() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.metrics_port, 9090);
+    assert_eq!((c.min_ttl, c.max_ttl, c.removal_grace), (1, 3600, 60));
+    let s = settings(&[], &[]).unwrap();
+    assert_eq!(s.grpc_addr.port(), 50051);
+    assert_eq!(s.ttl.default_ttl, 60);
+    assert!(s.require_token);
+    assert_eq!(s.store, StoreSettings::Memory);
+    assert!(!s.legacy.tokens_relaxed && s.legacy.present.is_empty());
+}
+
+#[test]
+fn booleans_take_a_value() {
+    let s = |v: &str| parse(&["--require-token", v]).unwrap().require_token;
+    assert_eq!(s("false"), Some(false));
+    assert_eq!(s("true"), Some(true));
+    assert!(parse(&["--require-token", "maybe"]).is_err());
+}
+
+#[test]
+fn the_originals_environment_is_understood() {
+    let s = settings(
+        &[],
+        &[
+            ("GRPC_PORT", "50070"),
+            ("HEARTBEAT_TIMEOUT_SECONDS", "45"),
+            ("ETCD_ENDPOINTS", r#"["redis-master:6379","redis-b:6379"]"#),
+            ("ETCD_PREFIX", "neural-hive"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.grpc_addr.port(), 50070);
+    assert_eq!(s.ttl.default_ttl, 45);
+    assert_eq!(
+        s.store,
+        StoreSettings::Redis {
+            url: "redis://redis-master:6379".into(),
+            prefix: "neural-hive".into(),
+        }
+    );
+    assert!(!s.require_token, "the original's callers send no token");
+    assert!(s.legacy.tokens_relaxed);
+    assert_eq!(
+        s.legacy.used,
+        vec![
+            "GRPC_PORT",
+            "HEARTBEAT_TIMEOUT_SECONDS",
+            "ETCD_PREFIX",
+            "ETCD_ENDPOINTS"
+        ]
+    );
+}
+
+#[test]
+fn ours_win_over_the_originals() {
+    let env = [
+        ("GRPC_PORT", "50070"),
+        ("HEARTBEAT_TIMEOUT_SECONDS", "45"),
+        ("ETCD_ENDPOINTS", "old:6379"),
+        ("ETCD_PREFIX", "old"),
+    ];
+    let s = settings(
+        &[
+            "--port",
+            "50080",
+            "--heartbeat-timeout",
+            "30",
+            "--redis-url",
+            "redis://new:6379",
+            "--redis-prefix",
+            "new",
+            "--require-token",
+            "true",
+        ],
+        &env,
+    )
+    .unwrap();
+    assert_eq!(s.grpc_addr.port(), 50080);
+    assert_eq!(s.ttl.default_ttl, 30);
+    assert_eq!(redis_url(&s), "redis://new:6379");
+    assert!(
+        s.require_token,
+        "an explicit REQUIRE_REGISTRATION_TOKEN wins"
+    );
+    assert!(s.legacy.used.is_empty());
+    assert!(!s.legacy.tokens_relaxed);
+}
+
+#[test]
+fn cluster_nodes_and_password_make_a_plain_redis_url() {
+    let s = settings(
+        &[],
+        &[
+            ("REDIS_CLUSTER_NODES", "redis-0:6379,redis-1:6379"),
+            ("REDIS_PASSWORD", "s3cr@t"),
+        ],
+    );
+    // REDIS_CLUSTER_NODES and REDIS_PASSWORD are read by clap as ours;
+    // here only the legacy lookup sees them, so parse them as flags.
+    assert!(s.unwrap().legacy.tokens_relaxed);
+    let s = settings(
+        &[
+            "--redis-cluster-nodes",
+            r#"["redis-0:6379"]"#,
+            "--redis-password",
+            "s3cr@t",
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(redis_url(&s), "redis://:s3cr%40t@redis-0:6379");
+    assert!(format!("{s:?}").contains("***"), "{s:?}");
+    assert!(!format!("{s:?}").contains("s3cr"), "{s:?}");
+}
+
+#[test]
+fn one_redis_topology_at_a_time() {
+    let err = settings(
+        &["--redis-url", "redis://a:1", "--redis-cluster-nodes", "b:1"],
+        &[],
+    )
+    .unwrap_err();
+    assert!(err.to_string().starts_with("--redis-url"));
+}
+
+#[test]
+fn bad_legacy_values_name_the_variable() {
+    let err = settings(&[], &[("GRPC_PORT", "x")]).unwrap_err();
+    assert!(err.to_string().starts_with("GRPC_PORT"));
+    let err = settings(&[], &[("ETCD_ENDPOINTS", "[oops")]).unwrap_err();
+    assert!(err.to_string().starts_with("ETCD_ENDPOINTS"));
+}
+
+#[test]
+fn bad_numbers_are_usage_errors_naming_the_flag() {
+    let err = parse(&["--port", "http"]).unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().lines().next().unwrap().contains("--port"));
+}
+
+#[test]
+fn min_above_max_is_refused() {
+    let err = parse(&["--min-ttl", "10", "--max-ttl", "5"])
+        .unwrap()
+        .settings()
+        .unwrap_err();
+    assert!(err.to_string().starts_with("--min-ttl"));
+}
+
+#[test]
+fn redis_store_needs_a_url() {
+    let err = parse(&["--store", "redis"])
+        .unwrap()
+        .settings()
+        .unwrap_err();
+    assert!(err.to_string().starts_with("--store"));
+}
+
+#[test]
+fn auto_picks_redis_only_with_a_url() {
+    let memory = parse(&[]).unwrap().settings().unwrap();
+    assert_eq!(memory.store, StoreSettings::Memory);
+    let redis = parse(&["--redis-url", "redis://127.0.0.1:6379"])
+        .unwrap()
+        .settings()
+        .unwrap();
+    assert!(matches!(redis.store, StoreSettings::Redis { .. }));
+}
+
+#[test]
+fn passwords_are_redacted() {
+    assert_eq!(
+        redact_url("redis://user:hunter2@host:6379/0"),
+        "redis://user:***@host:6379/0"
+    );
+    assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+}

@@ -1,0 +1,118 @@
+//! Unit tests of the parent module.
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::domain::{AgentType, ChangeKind, Telemetry, agent::Registration};
+
+fn agent(i: usize) -> Agent {
+    let telemetry = Telemetry {
+        success_rate: (i % 100) as f64 / 100.0,
+        total_executions: if i.is_multiple_of(7) { 0 } else { 10 },
+        avg_duration_ms: (i % 13) as i64,
+        ..Telemetry::default()
+    };
+    let mut caps = vec![format!("c{}", i % 10), "all".to_owned()];
+    if i.is_multiple_of(400) {
+        caps.push("rare".to_owned());
+    }
+    let reg = Registration {
+        agent_type: AgentType::ALL[i % 4],
+        capabilities: caps,
+        metadata: BTreeMap::from([("zone".to_owned(), format!("z{}", i % 3))]),
+        namespace: "default".into(),
+        cluster: "local".into(),
+        version: "1.0.0".into(),
+        endpoint: String::new(),
+        telemetry: Some(telemetry),
+        ttl_secs: 60,
+    };
+    Agent::create(AgentId::new_v4(), reg, 1_000 * (i as i64 % 5))
+}
+
+fn brute_force(agents: &[Arc<Agent>], q: &DiscoverQuery) -> Vec<AgentId> {
+    let matching: Vec<&Arc<Agent>> = agents
+        .iter()
+        .filter(|a| a.has_all(&q.capabilities) && q.filter.matches(a))
+        .collect();
+    order_discovered(matching, Strategy::Ranked, q.max_results, 0)
+        .iter()
+        .map(|a| a.id)
+        .collect()
+}
+
+#[test]
+fn ranked_discover_equals_brute_force_ranking() {
+    let agents: Vec<Arc<Agent>> = (0..3000).map(|i| Arc::new(agent(i))).collect();
+    let view = View::new();
+    view.reset(Snapshot {
+        revision: 1,
+        agents: agents.clone(),
+    });
+    let caps_cases: [&[&str]; 5] = [&[], &["all"], &["c3"], &["rare"], &["c3", "all"]];
+    for caps in caps_cases {
+        for status in Status::ALL {
+            for max_results in [1, 5, 50, 1000] {
+                for zone in [None, Some("z1")] {
+                    let mut filter = AgentFilter {
+                        status: Some(status),
+                        ..AgentFilter::default()
+                    };
+                    if let Some(zone) = zone {
+                        filter.metadata.insert("zone".into(), zone.into());
+                    }
+                    let q = DiscoverQuery {
+                        capabilities: caps.iter().map(|c| c.to_string()).collect(),
+                        filter,
+                        max_results,
+                        strategy: Strategy::Ranked,
+                    };
+                    let got: Vec<AgentId> = view.discover(&q).iter().map(|a| a.id).collect();
+                    assert_eq!(
+                        got,
+                        brute_force(&agents, &q),
+                        "{caps:?} {status:?} {max_results} {zone:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn changes_move_agents_between_rank_partitions() {
+    let view = View::new();
+    let a = agent(99);
+    assert_eq!(a.status, Status::Healthy);
+    view.apply(&Change {
+        revision: 1,
+        kind: ChangeKind::Registered,
+        agent: Arc::new(a.clone()),
+        at: 0,
+    });
+    let (overdue, _) = a.mark_overdue();
+    view.apply(&Change {
+        revision: 2,
+        kind: ChangeKind::StatusChanged { previous: a.status },
+        agent: Arc::new(overdue),
+        at: 0,
+    });
+    let query = |status| DiscoverQuery {
+        capabilities: vec![],
+        filter: AgentFilter {
+            status: Some(status),
+            ..AgentFilter::default()
+        },
+        max_results: 5,
+        strategy: Strategy::Ranked,
+    };
+    assert!(view.discover(&query(a.status)).is_empty());
+    assert_eq!(view.discover(&query(Status::Unhealthy)).len(), 1);
+    view.apply(&Change {
+        revision: 3,
+        kind: ChangeKind::Deregistered,
+        agent: Arc::new(a),
+        at: 0,
+    });
+    assert!(view.discover(&query(Status::Unhealthy)).is_empty());
+    assert_eq!(view.len(), 0);
+}
