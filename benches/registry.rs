@@ -277,6 +277,7 @@ async fn bench_store(store: &str, extra: &[String], redis_url: Option<&str>) -> 
             url: url.to_owned(),
             prefix: "registry".into(),
             removal_grace: Duration::from_secs(60),
+            history: agent_registry::store::DEFAULT_HISTORY,
         })
         .expect("redis url");
         let started = Instant::now();

@@ -76,6 +76,13 @@ pub struct Config {
         value_parser = BoolishValueParser::new()
     )]
     pub require_token: Option<bool>,
+    /// Changes the change history keeps for watch resume (keep-alives are
+    /// not changes; 0 = no history, watches cannot resume).
+    #[arg(long, env = "WATCH_HISTORY", default_value_t = 100_000)]
+    pub watch_history: usize,
+    /// Seconds between BOOKMARK events on watches that ask for progress.
+    #[arg(long, env = "BOOKMARK_INTERVAL", default_value_t = 10)]
+    pub bookmark_interval: u32,
     /// Log format: text or json. The level comes from RUST_LOG (default info).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -143,6 +150,10 @@ pub struct Settings {
     pub require_token: bool,
     /// Log output format.
     pub log_format: LogFormat,
+    /// Changes the change history keeps.
+    pub watch_history: usize,
+    /// How often watches that ask for progress get a BOOKMARK.
+    pub bookmark_interval: Duration,
     /// What start-up must say about the original service's environment.
     pub legacy: legacy::Report,
 }
@@ -267,6 +278,12 @@ impl Config {
             None => true,
         };
         report.present = env.present();
+        if self.bookmark_interval == 0 {
+            return Err(ConfigError::new(
+                "--bookmark-interval (BOOKMARK_INTERVAL)",
+                "must be at least 1",
+            ));
+        }
         Ok(Settings {
             grpc_addr: (self.host, port).into(),
             metrics_addr: (self.host, self.metrics_port).into(),
@@ -279,6 +296,8 @@ impl Config {
             },
             require_token,
             log_format: self.log_format,
+            watch_history: self.watch_history,
+            bookmark_interval: Duration::from_secs(u64::from(self.bookmark_interval)),
             legacy: report,
         })
     }
@@ -362,6 +381,8 @@ impl fmt::Debug for Settings {
             .field("ttl", &self.ttl)
             .field("require_token", &self.require_token)
             .field("log_format", &self.log_format)
+            .field("watch_history", &self.watch_history)
+            .field("bookmark_interval", &self.bookmark_interval)
             .field("legacy_env", &self.legacy.present)
             .finish()
     }

@@ -210,16 +210,28 @@ pub fn discover_query(req: pb::DiscoverRequest) -> Result<DiscoverQuery> {
     })
 }
 
-/// A WatchAgents selection.
-pub fn watch_selection(req: &mut pb::WatchAgentsRequest) -> Result<WatchSelection> {
-    let namespace = std::mem::take(&mut req.namespace);
+/// A whole WatchAgents request: the selection, snapshot or resume point,
+/// and progress (BEHAVIOUR.md §4, §11).
+pub fn watch_request(req: pb::WatchAgentsRequest) -> Result<api::WatchRequest> {
+    let namespace = req.namespace;
     if namespace.len() > validate::MAX_LABEL_BYTES {
         return Err(Error::invalid("namespace", "at most 128 bytes"));
     }
-    Ok(WatchSelection {
-        agent_type: agent_type_filter(req.agent_type)?,
-        capabilities: validate::capabilities(std::mem::take(&mut req.capabilities), false)?,
-        namespace: (!namespace.is_empty()).then_some(namespace),
+    if req.start_revision > 0 && req.send_initial_snapshot {
+        return Err(Error::invalid(
+            "start_revision",
+            "cannot be combined with send_initial_snapshot: resume, or take a snapshot",
+        ));
+    }
+    Ok(api::WatchRequest {
+        selection: WatchSelection {
+            agent_type: agent_type_filter(req.agent_type)?,
+            capabilities: validate::capabilities(req.capabilities, false)?,
+            namespace: (!namespace.is_empty()).then_some(namespace),
+        },
+        snapshot: req.send_initial_snapshot,
+        start_revision: (req.start_revision > 0).then_some(req.start_revision),
+        progress: req.progress_notify,
     })
 }
 
@@ -337,10 +349,11 @@ pub fn snapshot_event(agent: &Agent, now_ms: i64) -> pb::AgentChangeEvent {
     }
 }
 
-/// The SYNCED marker closing the initial snapshot.
-pub fn synced_event(revision: u64, now_ms: i64) -> pb::AgentChangeEvent {
+/// A marker event without an agent: SYNCED closing the initial snapshot,
+/// or a BOOKMARK of progress, at `revision`.
+pub fn marker_event(kind: EventType, revision: u64, now_ms: i64) -> pb::AgentChangeEvent {
     pb::AgentChangeEvent {
-        event_type: EventType::Synced as i32,
+        event_type: kind as i32,
         agent: None,
         timestamp: to_secs(now_ms),
         revision,

@@ -110,11 +110,7 @@ impl Hub {
             return;
         }
         sync::lock(&self.watchers).retain(|_, w| {
-            let before = previous.is_some_and(|a| w.selection.matches(a));
-            if !before && !w.selection.matches(&change.agent) {
-                return true;
-            }
-            w.outbox.offer(change.clone()).is_ok()
+            !w.selection.selects(change, previous) || w.outbox.offer(change.clone()).is_ok()
         });
     }
 

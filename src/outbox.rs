@@ -79,6 +79,11 @@ impl<T> Outbox<T> {
 }
 
 impl<T> Inbox<T> {
+    /// The next item if one is queued right now.
+    pub fn try_recv(&mut self) -> Option<T> {
+        self.rx.try_recv().ok()
+    }
+
     /// The next item, or why the stream ended.
     ///
     /// # Errors

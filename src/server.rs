@@ -143,7 +143,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     };
     let task = match &settings.store {
         StoreSettings::Memory => {
-            let store = MemoryStore::new(settings.ttl.removal_grace);
+            let store = MemoryStore::with_history(settings.ttl.removal_grace, settings.watch_history);
             tokio::spawn(serve(Arc::new(store), common, Vec::new()))
         }
         StoreSettings::Redis { url, prefix } => {
@@ -151,6 +151,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
                 url: url.clone(),
                 prefix: prefix.clone(),
                 removal_grace: settings.ttl.removal_grace,
+                history: settings.watch_history,
             };
             let store = RedisStore::new(&config).map_err(|e| StartError::Config {
                 setting: "--redis-url (REDIS_URL)",
@@ -250,6 +251,7 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
     let policy = Policy {
         ttl: settings.ttl,
         require_token: settings.require_token,
+        bookmark_interval: settings.bookmark_interval,
     };
     let registry = Arc::new(Registry {
         store,

@@ -206,6 +206,30 @@ pub struct Snapshot {
     pub agents: Vec<Arc<Agent>>,
 }
 
+/// A change read back from the change history, with what watch selection
+/// matching needs of the agent before it (`None`: not known to differ from
+/// after, or no agent before).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Replayed {
+    /// The change as it was published.
+    pub change: Change,
+    /// The agent before the change, when its selection fields (type,
+    /// capabilities, namespace) may have differed.
+    pub before: Option<Arc<Agent>>,
+}
+
+/// What the change history holds after a revision.
+#[derive(Clone, Debug, PartialEq)]
+pub enum History {
+    /// The next changes, in revision order (empty: none yet).
+    Changes(Vec<Replayed>),
+    /// The history no longer reaches back that far.
+    Compacted {
+        /// The oldest revision a watch can resume after.
+        oldest: Revision,
+    },
+}
+
 /// A message pushed to an agent through NotifyAgent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notification {
@@ -246,6 +270,13 @@ pub enum Error {
     /// The registration token does not match the agent's.
     #[error("registration token does not match")]
     PermissionDenied,
+    /// A watch asked to resume from a revision the change history no longer
+    /// reaches back to; `oldest` is the oldest revision it can resume after.
+    #[error("start_revision: the change history was compacted; the oldest revision to resume after is {oldest}; watch again with send_initial_snapshot")]
+    Compacted {
+        /// The oldest revision a watch can resume after.
+        oldest: Revision,
+    },
     /// This replica does not follow a reachable store right now (the store
     /// is down, or the view is still loading): refused before touching it.
     #[error("registry store unavailable; retry later")]

@@ -107,6 +107,13 @@ pub struct WatchSelection {
 }
 
 impl WatchSelection {
+    /// Whether a watcher of this selection is told of `change`: when the
+    /// agent matches before (`before`, when given) or after it, so a watcher
+    /// also learns that an agent left its selection.
+    pub fn selects(&self, change: &super::Change, before: Option<&Agent>) -> bool {
+        before.is_some_and(|a| self.matches(a)) || self.matches(&change.agent)
+    }
+
     /// Whether `agent` is in the selection.
     pub fn matches(&self, agent: &Agent) -> bool {
         self.agent_type.is_none_or(|t| t == agent.agent_type)

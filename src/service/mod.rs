@@ -200,19 +200,16 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         &self,
         request: Request<pb::WatchAgentsRequest>,
     ) -> Result<Response<Self::WatchAgentsStream>, Status> {
-        let (metadata, _, mut req) = request.into_parts();
-        let selection = convert::watch_selection(&mut req)?;
-        let watch = self
+        let (metadata, _, req) = request.into_parts();
+        let request = convert::watch_request(req)?;
+        let snapshot = request.snapshot;
+        let watching = self
             .registry
-            .watch(
-                &call(&metadata, String::new()),
-                selection,
-                req.send_initial_snapshot,
-            )
+            .watch(&call(&metadata, String::new()), request)
             .await?;
         Ok(Response::new(streams::watch(
-            watch,
-            req.send_initial_snapshot,
+            watching,
+            snapshot,
             self.registry.clock().clone(),
             self.streams.clone(),
         )))

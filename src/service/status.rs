@@ -20,6 +20,7 @@ impl From<Error> for Status {
             ),
             Error::PermissionDenied => Status::permission_denied(error.to_string()),
             Error::NotServing => store_unavailable(),
+            Error::Compacted { .. } => Status::out_of_range(error.to_string()),
             Error::Unavailable { source } => {
                 tracing::warn!(error = %error_chain(source.as_ref()), "store unavailable");
                 store_unavailable()

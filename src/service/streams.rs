@@ -1,18 +1,26 @@
-//! The two server streams. Watch: snapshot, SYNCED, then live events; ends
-//! with ABORTED when it fell behind or the feed was lost, UNAVAILABLE on
-//! shutdown. Notifications: backlog then live, deduplicated by id; ends with
+//! The two server streams. Watch: snapshot and SYNCED, or the replay of a
+//! resume, then live events and bookmarks; ends with ABORTED when it fell
+//! behind or the feed was lost, OUT_OF_RANGE when a replay outran the
+//! history, UNAVAILABLE on shutdown. Notifications: backlog then live, deduplicated by id; ends with
 //! NOT_FOUND when the agent is removed. Dropping a stream (client cancel)
 //! drops its guard, which unregisters it at once.
 
 use std::sync::Arc;
 
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
 use super::{ResponseStream, status};
 use crate::{
-    api::Subscribed, convert, domain::clock::Clock, hub::Watch, mailbox::Subscription,
-    outbox::StreamEnd, pb,
+    api::{Progress, Subscribed, Watching},
+    convert,
+    domain::clock::Clock,
+    hub::Watch,
+    mailbox::Subscription,
+    outbox::StreamEnd,
+    pb::{self, agent_change_event::EventType},
+    store::Store,
 };
 
 /// What every stream needs besides its data.
@@ -44,14 +52,17 @@ impl StreamContext {
     }
 }
 
-/// The WatchAgents stream of `watch`.
-pub fn watch(
-    watch: Watch,
+/// The WatchAgents stream: the snapshot and SYNCED (when asked for), or
+/// the replay of the history (when resuming), then live changes, with a
+/// BOOKMARK every interval when progress was asked for.
+pub fn watch<S: Store>(
+    watching: Watching<S>,
     with_snapshot: bool,
     clock: Arc<dyn Clock>,
     context: StreamContext,
 ) -> ResponseStream<pb::AgentChangeEvent> {
     Box::pin(async_stream::stream! {
+        let Watching { watch, replay, skip_through, progress } = watching;
         let Watch { snapshot, revision, mut events, guard } = watch;
         let _guard = guard;
         if with_snapshot {
@@ -59,19 +70,77 @@ pub fn watch(
             for agent in &snapshot {
                 yield Ok(convert::snapshot_event(agent, now));
             }
-            yield Ok(convert::synced_event(revision, now));
+            yield Ok(convert::marker_event(EventType::Synced, revision, now));
         }
         drop(snapshot);
+        let mut last = revision;
+        if let Some(mut replay) = replay {
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = context.shutdown.cancelled() => Err(status::shutting_down()),
+                    next = replay.next() => next.map_err(Status::from),
+                };
+                match next {
+                    Ok(Some(change)) => {
+                        last = change.revision;
+                        yield Ok(pb::AgentChangeEvent::from(&change));
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        yield Err(status);
+                        return;
+                    }
+                }
+            }
+        }
+        let mut bookmarks = progress.as_ref().map(|p| {
+            let mut tick = tokio::time::interval_at(Instant::now() + p.interval, p.interval);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            tick
+        });
         loop {
-            match context.next(events.recv()).await {
-                Ok(change) => yield Ok(pb::AgentChangeEvent::from(&change)),
-                Err(status) => {
+            let next = tokio::select! {
+                biased;
+                next = context.next(events.recv()) => Some(next),
+                _ = tick(&mut bookmarks) => None,
+            };
+            match next {
+                Some(Ok(change)) if change.revision <= skip_through => {}
+                Some(Ok(change)) => {
+                    last = change.revision;
+                    yield Ok(pb::AgentChangeEvent::from(&change));
+                }
+                Some(Err(status)) => {
                     yield Err(status);
                     break;
+                }
+                None => {
+                    // Everything up to `applied` is in the queue already:
+                    // send it, then say how far the stream got.
+                    let applied = progress.as_ref().map_or(0, Progress::applied);
+                    while let Some(change) = events.try_recv() {
+                        if change.revision > skip_through {
+                            last = change.revision;
+                            yield Ok(pb::AgentChangeEvent::from(&change));
+                        }
+                    }
+                    let at = applied.max(last).max(skip_through);
+                    yield Ok(convert::marker_event(EventType::Bookmark, at, clock.now()));
                 }
             }
         }
     })
+}
+
+/// The next bookmark tick; never, without bookmarks.
+async fn tick(bookmarks: &mut Option<tokio::time::Interval>) {
+    match bookmarks {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// The SubscribeNotifications stream: the backlog, then live notifications

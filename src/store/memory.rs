@@ -12,12 +12,12 @@ use std::{
 use tokio::sync::broadcast;
 
 use super::{
-    BACKLOG_LEN, Feed, FeedMessage, HeartbeatCommand, Heartbeaten, Notified, NotifyCommand,
+    BACKLOG_LEN, DEFAULT_HISTORY, Feed, FeedMessage, HeartbeatCommand, Heartbeaten, Notified, NotifyCommand,
     Ownership, Reaped, RegisterCommand, Registered, Snapshot, Store,
 };
 use crate::domain::{
-    Agent, AgentId, Change, ChangeKind, Error, Millis, Notification, Result, Revision, TokenHash,
-    token::authorize,
+    Agent, AgentId, Change, ChangeKind, Error, History, Millis, Notification, Replayed, Result,
+    Revision, TokenHash, token::authorize,
 };
 use crate::sync;
 
@@ -33,6 +33,8 @@ pub struct MemoryStore {
     feed: broadcast::Sender<FeedMessage>,
     /// Time an overdue agent stays listed before removal.
     grace: Duration,
+    /// Changes the history keeps (0 = none).
+    history_cap: usize,
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +43,10 @@ struct State {
     records: HashMap<AgentId, Record>,
     /// `(next transition time, id)` of every agent: the reaper's index.
     due: BTreeSet<(Millis, AgentId)>,
+    /// The last `history_cap` changes (no keep-alives), oldest first.
+    history: VecDeque<Replayed>,
+    /// Every change above this revision is in `history`.
+    history_floor: Revision,
 }
 
 #[derive(Debug)]
@@ -53,13 +59,20 @@ struct Record {
 }
 
 impl MemoryStore {
-    /// An empty store whose overdue agents are removed after `grace`.
+    /// An empty store whose overdue agents are removed after `grace`, with
+    /// the default change history ([`DEFAULT_HISTORY`] changes).
     pub fn new(grace: Duration) -> Self {
+        Self::with_history(grace, DEFAULT_HISTORY)
+    }
+
+    /// An empty store keeping the last `history` changes for watch resume.
+    pub fn with_history(grace: Duration, history: usize) -> Self {
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         Self {
             state: Mutex::new(State::default()),
             feed,
             grace,
+            history_cap: history,
         }
     }
 
@@ -84,6 +97,10 @@ impl MemoryStore {
             agent.revision = revision;
         }
         let agent = Arc::new(agent);
+        let before = match kind {
+            ChangeKind::Registered => None,
+            _ => state.records.get(&agent.id).map(|r| r.agent.clone()),
+        };
         if kind.is_removal() {
             if let Some(old) = state.records.remove(&agent.id) {
                 state
@@ -97,13 +114,25 @@ impl MemoryStore {
             state.due.insert((agent.next_due_ms(self.grace), agent.id));
             record.agent = agent.clone();
         }
-        // No receiver is fine: nobody is watching yet.
-        let _ = self.feed.send(FeedMessage::Change(Change {
+        let change = Change {
             revision,
             kind,
             agent: agent.clone(),
             at: now,
-        }));
+        };
+        if kind != ChangeKind::Touched && self.history_cap > 0 {
+            state.history.push_back(Replayed {
+                change: change.clone(),
+                before,
+            });
+            while state.history.len() > self.history_cap {
+                if let Some(gone) = state.history.pop_front() {
+                    state.history_floor = gone.change.revision;
+                }
+            }
+        }
+        // No receiver is fine: nobody is watching yet.
+        let _ = self.feed.send(FeedMessage::Change(change));
         (agent, revision)
     }
 
@@ -323,5 +352,29 @@ impl Store for MemoryStore {
 
     async fn subscribe(&self) -> Result<Feed> {
         Ok(self.feed.subscribe())
+    }
+
+    async fn history(&self, after: Revision, upto: Revision, limit: usize) -> Result<History> {
+        let state = self.lock();
+        let floor = if self.history_cap == 0 {
+            state.revision
+        } else {
+            state.history_floor
+        };
+        if after < floor {
+            return Ok(History::Compacted { oldest: floor });
+        }
+        let start = state
+            .history
+            .partition_point(|r| r.change.revision <= after);
+        Ok(History::Changes(
+            state
+                .history
+                .range(start..)
+                .take_while(|r| r.change.revision <= upto)
+                .take(limit)
+                .cloned()
+                .collect(),
+        ))
     }
 }

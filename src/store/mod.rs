@@ -12,8 +12,8 @@ use std::{future::Future, sync::Arc};
 use tokio::sync::broadcast;
 
 use crate::domain::{
-    Agent, AgentId, Change, Millis, Notification, Result, Revision, Telemetry, Token, TokenHash,
-    agent::Registration,
+    Agent, AgentId, Change, History, Millis, Notification, Result, Revision, Telemetry, Token,
+    TokenHash, agent::Registration,
 };
 
 pub use self::redis::{RedisConfig, RedisStore};
@@ -21,6 +21,10 @@ pub use memory::MemoryStore;
 
 /// Notifications kept per agent.
 pub const BACKLOG_LEN: usize = 100;
+
+/// Changes the change history keeps unless configured otherwise
+/// (`--watch-history`).
+pub const DEFAULT_HISTORY: usize = 100_000;
 
 /// What a store publishes, in order, to every replica's feed.
 #[derive(Clone, Debug)]
@@ -228,6 +232,20 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// `Unavailable`.
     fn load(&self) -> impl Future<Output = Result<Snapshot>> + Send;
+
+    /// At most `limit` changes of the change history (keep-alives are not
+    /// changes) with revisions in `(after, upto]`, in order; or
+    /// [`History::Compacted`] when the history no longer reaches back to
+    /// `after` (BEHAVIOUR.md §11).
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    fn history(
+        &self,
+        after: Revision,
+        upto: Revision,
+        limit: usize,
+    ) -> impl Future<Output = Result<History>> + Send;
 
     /// Subscribes to the feed. Subscribe before [`Store::load`], then skip
     /// changes at or below the snapshot's revision: nothing is missed.

@@ -14,7 +14,7 @@ use prost::Message;
 use crate::{
     convert,
     domain::{
-        Agent, AgentId, Change, ChangeKind, Error, Notification, Result, Status, Telemetry,
+        Agent, AgentId, Change, ChangeKind, Error, Notification, Replayed, Result, Status, Telemetry,
         TokenHash, agent::Registration,
     },
     pb,
@@ -162,6 +162,27 @@ pub fn decode_change(bytes: &[u8]) -> Result<(Change, bool)> {
         at: number(&f[3], "timestamp")?,
     };
     Ok((change, f[1].as_slice() == b"SNAPSHOT"))
+}
+
+/// A history entry: the change message and the registration it replaced
+/// (empty unless a re-registration), which gives the agent's selection
+/// fields before the change.
+pub fn decode_replayed(message: &[u8], previous: &[u8]) -> Result<Replayed> {
+    let (change, _) = decode_change(message)?;
+    let before = if previous.is_empty() {
+        None
+    } else {
+        let reg = pb::AgentInfo::decode(previous).map_err(|_| corrupt("previous registration"))?;
+        let old = convert::agent_from_wire(change.agent.id, reg)
+            .ok_or_else(|| corrupt("previous agent type"))?;
+        Some(Arc::new(Agent {
+            agent_type: old.agent_type,
+            capabilities: old.capabilities,
+            namespace: old.namespace,
+            ..(*change.agent).clone()
+        }))
+    };
+    Ok(Replayed { change, before })
 }
 
 /// A notification message: `[nid, agent_id, at, payload]`.

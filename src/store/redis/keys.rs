@@ -70,6 +70,18 @@ impl Keys {
         format!("{}shift", self.base)
     }
 
+    /// Stream: the change history (no keep-alives), entry id `<revision>-0`,
+    /// fields `m` (the change message) and `p` (the previous registration
+    /// of a re-registration, else empty); capped at `--watch-history`.
+    pub fn history(&self) -> String {
+        format!("{}history", self.base)
+    }
+
+    /// String: every change above this revision is in [`Keys::history`].
+    pub fn history_floor(&self) -> String {
+        format!("{}hfloor", self.base)
+    }
+
     /// Channel: every change, in revision order.
     pub fn changes_channel(&self) -> String {
         format!("{}changes", self.base)

@@ -34,7 +34,7 @@ use super::{
     Ownership, Reaped, RegisterCommand, Registered, Snapshot, Store,
 };
 use crate::domain::{
-    Agent, AgentId, ChangeKind, Error, Millis, Notification, Result, Revision, Telemetry,
+    Agent, AgentId, ChangeKind, Error, History, Millis, Notification, Result, Revision, Telemetry,
     clock::{Clock, SystemClock},
     error_chain,
 };
@@ -73,6 +73,8 @@ pub struct RedisConfig {
     pub prefix: String,
     /// How long an overdue agent stays listed.
     pub removal_grace: Duration,
+    /// Changes the change history keeps (`--watch-history`; 0 = none).
+    pub history: usize,
 }
 
 /// The Redis-backed store.
@@ -86,6 +88,8 @@ pub struct RedisStore {
     listener: Arc<Listener>,
     feed: broadcast::Sender<FeedMessage>,
     grace_ms: i64,
+    /// Changes the history keeps.
+    history_cap: usize,
     /// Whether the last command reached Redis.
     commands_ok: AtomicBool,
     /// Whether the last command failed to reach Redis (both flags are false
@@ -236,6 +240,7 @@ impl RedisStore {
             listener,
             feed,
             grace_ms: i64::try_from(config.removal_grace.as_millis()).unwrap_or(i64::MAX / 4),
+            history_cap: config.history,
             commands_ok: AtomicBool::new(false),
             commands_failed: AtomicBool::new(false),
             highest,
@@ -323,6 +328,8 @@ impl Store for RedisStore {
                 .key(self.keys.revision())
                 .key(self.keys.agents())
                 .key(self.keys.shift())
+                .key(self.keys.history())
+                .key(self.keys.history_floor())
                 .arg(id.to_string())
                 .arg(now)
                 .arg(mode)
@@ -336,7 +343,8 @@ impl Store for RedisStore {
                 .arg(self.keys.changes_channel())
                 .arg(safety)
                 .arg(zero_tel.as_str())
-                .arg(self.floor());
+                .arg(self.floor())
+                .arg(self.history_cap);
             let reply = items(self.invoke(invocation).await?)?;
             if reply.first().map(bytes).transpose()? == Some(b"CONFLICT".as_slice()) {
                 continue; // a fresh UUIDv4 collided: draw another
@@ -369,6 +377,8 @@ impl Store for RedisStore {
             .key(self.keys.due())
             .key(self.keys.revision())
             .key(self.keys.shift())
+            .key(self.keys.history())
+            .key(self.keys.history_floor())
             .arg(cmd.agent_id.to_string())
             .arg(now)
             .arg(tel.as_str())
@@ -377,7 +387,8 @@ impl Store for RedisStore {
             .arg(flag(cmd.owner.required))
             .arg(self.keys.changes_channel())
             .arg(SAFETY_NET_MS + self.grace_ms)
-            .arg(self.floor());
+            .arg(self.floor())
+            .arg(self.history_cap);
         let reply = items(self.invoke(invocation).await?)?;
         check(&reply, cmd.agent_id)?;
         let last = reply
@@ -405,12 +416,15 @@ impl Store for RedisStore {
             .key(self.keys.revision())
             .key(self.keys.agents())
             .key(self.keys.backlog(agent_id))
+            .key(self.keys.history())
+            .key(self.keys.history_floor())
             .arg(agent_id.to_string())
             .arg(now)
             .arg(token_arg(&owner))
             .arg(flag(owner.required))
             .arg(self.keys.changes_channel())
-            .arg(self.floor());
+            .arg(self.floor())
+            .arg(self.history_cap);
         let reply = items(self.invoke(invocation).await?)?;
         if reply.first().map(bytes).transpose()? == Some(b"NONE".as_slice()) {
             return Ok(None);
@@ -429,6 +443,8 @@ impl Store for RedisStore {
             .key(self.keys.agents())
             .key(self.keys.clock())
             .key(self.keys.shift())
+            .key(self.keys.history())
+            .key(self.keys.history_floor())
             .arg(now)
             .arg(self.grace_ms)
             .arg(REAP_BATCH)
@@ -436,7 +452,8 @@ impl Store for RedisStore {
             .arg(self.keys.backlog_prefix())
             .arg(self.keys.changes_channel())
             .arg(FENCING_THRESHOLD_MS)
-            .arg(self.floor());
+            .arg(self.floor())
+            .arg(self.history_cap);
         let reply = items(self.invoke(invocation).await?)?;
         let [overdue, expired, next_due, shifted] = reply.as_slice() else {
             return Err(internal("short reaper reply"));
@@ -562,6 +579,37 @@ impl Store for RedisStore {
             agents.push(change.agent);
         }
         Ok(Snapshot { revision, agents })
+    }
+
+    async fn history(&self, after: Revision, upto: Revision, limit: usize) -> Result<History> {
+        let mut invocation = self.scripts.history.prepare_invoke();
+        invocation
+            .key(self.keys.history())
+            .key(self.keys.history_floor())
+            .key(self.keys.revision())
+            .arg(after)
+            .arg(upto)
+            .arg(limit);
+        let reply = items(self.invoke(invocation).await?)?;
+        match reply.first().map(bytes).transpose()? {
+            Some(b"COMPACTED") => {
+                let oldest = reply.get(1).map(int).transpose()?.unwrap_or(0);
+                Ok(History::Compacted {
+                    oldest: u64::try_from(oldest).unwrap_or(0),
+                })
+            }
+            Some(b"OK") => {
+                let mut changes = Vec::with_capacity(reply.len() / 2);
+                for pair in reply[1..].chunks(2) {
+                    let [message, previous] = pair else {
+                        return Err(internal("odd history reply"));
+                    };
+                    changes.push(codec::decode_replayed(bytes(message)?, bytes(previous)?)?);
+                }
+                Ok(History::Changes(changes))
+            }
+            _ => Err(internal("unexpected history reply")),
+        }
     }
 
     async fn subscribe(&self) -> Result<Feed> {

@@ -27,6 +27,8 @@ pub struct Scripts {
     pub open_mailbox: Script,
     /// Consistent snapshot of every agent.
     pub snapshot: Script,
+    /// The change history after a revision.
+    pub history: Script,
 }
 
 impl Scripts {
@@ -40,6 +42,7 @@ impl Scripts {
             notify: with_common(include_str!("lua/notify.lua")),
             open_mailbox: with_common(include_str!("lua/open_mailbox.lua")),
             snapshot: with_common(include_str!("lua/snapshot.lua")),
+            history: with_common(include_str!("lua/history.lua")),
         }
     }
 }

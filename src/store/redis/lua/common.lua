@@ -35,15 +35,47 @@ local function authorize(key, presented, required)
   return nil
 end
 
+-- The change history (a capped stream; BEHAVIOUR.md section 11), set by a
+-- script with `keep_history` before it emits. Every change above the floor
+-- key's revision is in the stream.
+local history = { key = nil, floor = nil, cap = 0 }
+
+local function keep_history(key, floor_key, cap)
+  history.key, history.floor, history.cap = key, floor_key, tonumber(cap)
+end
+
+-- Appends a change to the history, trimming the oldest entries (and
+-- raising the floor to the newest one trimmed) beyond the cap.
+local function record(rev, msg, prev_reg)
+  if history.key == nil or history.cap <= 0 then
+    return
+  end
+  if redis.call('EXISTS', history.floor) == 0 then
+    redis.call('SET', history.floor, int(rev - 1))
+  end
+  local top = redis.call('XREVRANGE', history.key, '+', '-', 'COUNT', 1)
+  if #top == 1 and tonumber(string.match(top[1][1], '^(%d+)')) >= rev then
+    return
+  end
+  local len = redis.call('XLEN', history.key)
+  if len >= history.cap then
+    local gone = redis.call('XRANGE', history.key, '-', '+', 'COUNT', len - history.cap + 1)
+    redis.call('SET', history.floor, string.match(gone[#gone][1], '^(%d+)'))
+    redis.call('XTRIM', history.key, 'MAXLEN', history.cap - 1)
+  end
+  redis.call('XADD', history.key, int(rev) .. '-0', 'm', msg, 'p', prev_reg or '')
+end
+
 -- Records a change of the agent at `key`: takes the next revision, stamps it
--- on the record unless the change is a keep-alive, publishes the change and
--- returns the published message.
+-- on the record unless the change is a keep-alive, publishes the change,
+-- appends it to the history (`prev_reg`: the registration a re-registration
+-- replaced) and returns the published message.
 --
 -- `floor` is the highest revision the calling replica has seen. Should the
 -- counter be behind it (Redis restarted from an older snapshot), or missing
 -- (a new or wiped store: seeded from the clock, ms * 1000, exact below 2^53),
 -- it jumps ahead, so revisions never go backwards for any client.
-local function emit(rev_key, channel, key, id, kind, prev, now, floor)
+local function emit(rev_key, channel, key, id, kind, prev, now, floor, prev_reg)
   local rev = redis.call('INCR', rev_key)
   if rev <= floor then
     rev = floor + 1
@@ -59,5 +91,8 @@ local function emit(rev_key, channel, key, id, kind, prev, now, floor)
   local msg = cmsgpack.pack({ int(rev), kind, prev, int(now), id,
     f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8] })
   redis.call('PUBLISH', channel, msg)
+  if kind ~= 'TOUCHED' then
+    record(rev, msg, prev_reg)
+  end
   return msg
 end

@@ -1,11 +1,13 @@
 -- The reaper's pass; every replica runs it, each transition happens once.
--- KEYS: 1 due, 2 rev, 3 agents set, 4 clock, 5 shift
+-- KEYS: 1 due, 2 rev, 3 agents set, 4 clock, 5 shift, 6 history,
+--       7 history floor
 -- ARGV: 1 now ms, 2 removal grace ms, 3 most transitions per pass,
 --       4 agent key prefix, 5 backlog key prefix, 6 changes channel,
---       7 fencing threshold ms, 8 revision floor
+--       7 fencing threshold ms, 8 revision floor, 9 history cap
 -- Returns {overdue, expired, next due ms or -1, shifted ms}.
 local now, grace, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local floor = tonumber(ARGV[8])
+keep_history(KEYS[6], KEYS[7], ARGV[9])
 
 -- Outage fencing: the clock is the last time a reaper pass ran. A longer
 -- silence means heartbeats could not be recorded (store unreachable, or no

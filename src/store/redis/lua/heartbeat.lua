@@ -1,9 +1,10 @@
--- KEYS: 1 agent, 2 due, 3 rev, 4 shift
+-- KEYS: 1 agent, 2 due, 3 rev, 4 shift, 5 history, 6 history floor
 -- ARGV: 1 id, 2 now ms, 3 tel ('' = none given), 4 tst, 5 presented token
 --       hash, 6 token required, 7 changes channel, 8 safety-net expiry ms,
---       9 revision floor
+--       9 revision floor, 10 history cap
 -- Returns {'OK', message...} (one message per change) or {error code}.
 local key, id, now = KEYS[1], ARGV[1], tonumber(ARGV[2])
+keep_history(KEYS[5], KEYS[6], ARGV[10])
 if redis.call('EXISTS', key) == 0 then
   return { 'NOT_FOUND' }
 end
