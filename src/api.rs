@@ -181,7 +181,10 @@ impl<S: Store> Replay<S> {
         self.done = page.len() < REPLAY_PAGE;
         for entry in page {
             self.after = entry.change.revision;
-            if self.selection.selects(&entry.change, entry.before.as_deref()) {
+            if self
+                .selection
+                .selects(&entry.change, entry.before.as_deref())
+            {
                 self.page.push_back(entry.change);
             }
         }

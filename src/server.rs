@@ -143,7 +143,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     };
     let task = match &settings.store {
         StoreSettings::Memory => {
-            let store = MemoryStore::with_history(settings.ttl.removal_grace, settings.watch_history);
+            let store =
+                MemoryStore::with_history(settings.ttl.removal_grace, settings.watch_history);
             tokio::spawn(serve(Arc::new(store), common, Vec::new()))
         }
         StoreSettings::Redis { url, prefix } => {

@@ -13,6 +13,8 @@ mod lifecycle;
 mod notify;
 #[path = "behaviour/query.rs"]
 mod query;
+#[path = "behaviour/resume.rs"]
+mod resume;
 #[path = "behaviour/support.rs"]
 mod support;
 #[path = "behaviour/tokens.rs"]

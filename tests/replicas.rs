@@ -1054,3 +1054,58 @@ async fn a_subscriber_resumes_on_another_replica_without_gap_or_duplicate() {
     let want: Vec<(String, String)> = (4..=7).map(|i| (i.to_string(), format!("m{i}"))).collect();
     assert_eq!(got, want, "resumed after 3: no gap, no duplicate");
 }
+
+/// Watch resume across replicas (BEHAVIOUR.md §11): the history is the
+/// store's, so a watcher resumes on another replica, also after the replica
+/// that took the writes stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_on_another_replica_after_the_writer_stopped() {
+    let redis = RedisProcess::start().await;
+    let a = TestServer::replica(&redis, &[]).await;
+    let b = TestServer::replica(&redis, &[]).await;
+    let mut on_a = a.client().await;
+    let mut on_b = b.client().await;
+    register(&mut on_a, register_request(&["x"])).await;
+    let (mut stream, _) = watch_synced(&mut on_a).await;
+    let second = register(&mut on_a, register_request(&["x"])).await;
+    let seen = stream.message().await.unwrap().unwrap();
+    assert_eq!(seen.agent.as_ref().unwrap().agent_id, second.agent_id);
+    // The watcher loses A; A takes more writes, then stops.
+    drop(stream);
+    let third = register(&mut on_a, register_request(&["x"])).await;
+    let fourth = register(&mut on_a, register_request(&["x"])).await;
+    a.stop().await;
+    let mut resumed = on_b
+        .watch_agents(pb::WatchAgentsRequest {
+            start_revision: seen.revision,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids = Vec::new();
+    let mut last = seen.revision;
+    for _ in 0..2 {
+        let event = tokio::time::timeout(Duration::from_secs(5), resumed.message())
+            .await
+            .expect("replayed in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            EventType::try_from(event.event_type),
+            Ok(EventType::Registered)
+        );
+        assert!(event.revision > last);
+        last = event.revision;
+        ids.push(event.agent.unwrap().agent_id);
+    }
+    assert_eq!(ids, vec![third.agent_id, fourth.agent_id]);
+    // Then live on B.
+    let fifth = register(&mut on_b, register_request(&["x"])).await;
+    let event = tokio::time::timeout(Duration::from_secs(5), resumed.message())
+        .await
+        .expect("live in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.agent.unwrap().agent_id, fifth.agent_id);
+}

@@ -230,6 +230,58 @@ async fn a_discovery_cache_converges_after_its_watch_is_interrupted() {
     replacement.stop().await;
 }
 
+/// A feed loss ends every watch with ABORTED; the cache resumes from its
+/// last revision (the history is in Redis), with no snapshot, and converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discovery_cache_resumes_from_its_revision_after_an_interruption() {
+    let server = TestServer::start(Backend::Redis).await;
+    let client = RegistryClient::connect_lazy(server.endpoint()).unwrap();
+    let first = client.register(register_request(&["gpu"])).await.unwrap();
+    let cache = DiscoveryCache::start(client.clone(), pb::WatchAgentsRequest::default());
+    assert!(cache.wait_synced(Duration::from_secs(5)).await);
+    wait_for_ids(
+        &cache,
+        std::slice::from_ref(&first.agent_id),
+        "the snapshot",
+    )
+    .await;
+
+    // Cut the replica's pub/sub connection: its view reloads and every
+    // watch ends ABORTED, while Redis (and its history) stays.
+    let redis = server.redis.as_ref().unwrap();
+    let mut conn = redis.connection().await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(killed >= 1);
+    wait_until(Duration::from_secs(5), "writes work again", || {
+        let client = client.clone();
+        async move { client.register(register_request(&["gpu"])).await.is_ok() }
+    })
+    .await;
+    let mut expected: Vec<String> = client
+        .list_all(0, Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.agent_id)
+        .collect();
+    let gone = client
+        .deregister(&first.agent_id, &first.registration_token)
+        .await
+        .unwrap();
+    assert!(gone);
+    expected.retain(|id| *id != first.agent_id);
+    wait_for_ids(&cache, &expected, "the set after the interruption").await;
+    assert!(cache.resyncs() >= 1, "the watch was interrupted");
+    assert!(cache.resumes() >= 1, "and resumed without a snapshot");
+    cache.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_discovery_cache_converges_after_an_aborted_watch_on_redis() {
     let server = TestServer::start(Backend::Redis).await;

@@ -51,15 +51,20 @@ struct CacheState {
 /// # }
 /// ```
 ///
-/// After any interruption (`ABORTED`, `UNAVAILABLE`, a dropped stream) it
-/// watches again with a fresh snapshot and replaces its contents at the
-/// snapshot's end, so it converges to the registry's set. Picks are local:
-/// no call per pick.
+/// After any interruption (`ABORTED`, `UNAVAILABLE`, a dropped stream, a
+/// replica restart) it resumes from the last revision it saw
+/// (`start_revision`, BEHAVIOUR.md §11): the registry replays what it missed,
+/// with no snapshot. Only when the registry's history no longer reaches back
+/// that far (`OUT_OF_RANGE`) does it watch again with a fresh snapshot and
+/// replace its contents at the snapshot's end. Either way it converges to the
+/// registry's set. It asks for progress bookmarks, so even an idle cache
+/// holds a recent revision to resume from. Picks are local: no call per pick.
 #[derive(Debug)]
 pub struct DiscoveryCache {
     state: Arc<RwLock<CacheState>>,
     synced: watch::Receiver<bool>,
     resyncs: Arc<AtomicU64>,
+    resumes: Arc<AtomicU64>,
     rotation: AtomicU64,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
@@ -71,17 +76,21 @@ impl DiscoveryCache {
         let state = Arc::new(RwLock::new(CacheState::default()));
         let (synced_tx, synced) = watch::channel(false);
         let resyncs = Arc::new(AtomicU64::new(0));
+        let resumes = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
         let task = tokio::spawn(follow(
             client,
             pb::WatchAgentsRequest {
                 send_initial_snapshot: true,
+                start_revision: 0,
+                progress_notify: true,
                 ..selection
             },
             Follower {
                 state: state.clone(),
                 synced: synced_tx,
                 resyncs: resyncs.clone(),
+                resumes: resumes.clone(),
             },
             stop.clone(),
         ));
@@ -89,6 +98,7 @@ impl DiscoveryCache {
             state,
             synced,
             resyncs,
+            resumes,
             rotation: AtomicU64::new(0),
             stop,
             task: Some(task),
@@ -110,9 +120,15 @@ impl DiscoveryCache {
         *self.synced.borrow()
     }
 
-    /// How many times the watch was interrupted and resumed with a snapshot.
+    /// How many times the watch was interrupted.
     pub fn resyncs(&self) -> u64 {
         self.resyncs.load(Ordering::Relaxed)
+    }
+
+    /// How many interruptions were resumed from the last revision, without a
+    /// snapshot.
+    pub fn resumes(&self) -> u64 {
+        self.resumes.load(Ordering::Relaxed)
     }
 
     /// Every cached agent, by id.
@@ -202,6 +218,7 @@ struct Follower {
     state: Arc<RwLock<CacheState>>,
     synced: watch::Sender<bool>,
     resyncs: Arc<AtomicU64>,
+    resumes: Arc<AtomicU64>,
 }
 
 async fn follow(
@@ -211,22 +228,55 @@ async fn follow(
     stop: CancellationToken,
 ) {
     let mut failures = 0u32;
+    // The revision to resume after, once the cache holds a complete set.
+    let mut resume: Option<u64> = None;
     loop {
+        let request = match resume {
+            Some(revision) => pb::WatchAgentsRequest {
+                send_initial_snapshot: false,
+                start_revision: revision,
+                ..selection.clone()
+            },
+            None => selection.clone(),
+        };
         let opened = tokio::select! {
             _ = stop.cancelled() => return,
-            opened = client.watch(selection.clone()) => opened,
+            opened = client.watch(request) => opened,
         };
-        if let Ok(mut stream) = opened {
-            let mut snapshot: Option<HashMap<String, pb::AgentInfo>> = Some(HashMap::new());
-            loop {
-                let next = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    next = stream.message() => next,
+        match opened {
+            Ok(mut stream) => {
+                let mut snapshot: Option<HashMap<String, pb::AgentInfo>> = match resume {
+                    Some(_) => {
+                        follower.resumes.fetch_add(1, Ordering::Relaxed);
+                        follower.synced.send_replace(true);
+                        None
+                    }
+                    None => Some(HashMap::new()),
                 };
-                let Ok(Some(event)) = next else { break };
-                failures = 0;
-                apply(&follower, &mut snapshot, event);
+                loop {
+                    let next = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        next = stream.message() => next,
+                    };
+                    match next {
+                        Ok(Some(event)) => {
+                            failures = 0;
+                            apply(&follower, &mut snapshot, event);
+                            if snapshot.is_none() {
+                                resume = Some(sync::read(&follower.state).revision);
+                            }
+                        }
+                        Err(status) if status.code() == tonic::Code::OutOfRange => {
+                            resume = None;
+                            break;
+                        }
+                        _ => break,
+                    }
+                }
             }
+            // The history no longer reaches back: a snapshot it is.
+            Err(error) if error.code() == tonic::Code::OutOfRange => resume = None,
+            Err(_) => {}
         }
         follower.synced.send_replace(false);
         follower.resyncs.fetch_add(1, Ordering::Relaxed);
@@ -271,6 +321,10 @@ fn apply(
             let mut state = sync::write(&follower.state);
             state.revision = event.revision;
             state.agents.insert(agent.agent_id.clone(), agent);
+        }
+        (EventType::Bookmark, None, _) => {
+            let mut state = sync::write(&follower.state);
+            state.revision = state.revision.max(event.revision);
         }
         _ => {}
     }

@@ -272,7 +272,9 @@ pub enum Error {
     PermissionDenied,
     /// A watch asked to resume from a revision the change history no longer
     /// reaches back to; `oldest` is the oldest revision it can resume after.
-    #[error("start_revision: the change history was compacted; the oldest revision to resume after is {oldest}; watch again with send_initial_snapshot")]
+    #[error(
+        "start_revision: the change history was compacted; the oldest revision to resume after is {oldest}; watch again with send_initial_snapshot"
+    )]
     Compacted {
         /// The oldest revision a watch can resume after.
         oldest: Revision,

@@ -12,12 +12,14 @@ use std::{
 use tokio::sync::broadcast;
 
 use super::{
-    BACKLOG_LEN, DEFAULT_HISTORY, Feed, FeedMessage, HeartbeatCommand, Heartbeaten, Notified, NotifyCommand,
-    Ownership, Reaped, RegisterCommand, Registered, Snapshot, Store,
+    BACKLOG_LEN, DEFAULT_HISTORY, Feed, FeedMessage, HeartbeatCommand, Heartbeaten, Notified,
+    NotifyCommand, Ownership, Reaped, RegisterCommand, Registered, Snapshot, Store,
 };
 use crate::domain::{
     Agent, AgentId, Change, ChangeKind, Error, History, Millis, Notification, Replayed, Result,
-    Revision, TokenHash, token::authorize,
+    Revision, TokenHash,
+    clock::{Clock, SystemClock},
+    token::authorize,
 };
 use crate::sync;
 
@@ -66,10 +68,22 @@ impl MemoryStore {
     }
 
     /// An empty store keeping the last `history` changes for watch resume.
+    ///
+    /// Its revisions start from the clock (ms × 1000), as a wiped Redis
+    /// store's do: a watcher resuming with a revision of an earlier process
+    /// is told the history does not reach back (and takes a snapshot),
+    /// instead of waiting for a revision this store may never reach.
     pub fn with_history(grace: Duration, history: usize) -> Self {
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let seed = u64::try_from(SystemClock.now())
+            .unwrap_or(0)
+            .saturating_mul(1000);
         Self {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                revision: seed,
+                history_floor: seed,
+                ..State::default()
+            }),
             feed,
             grace,
             history_cap: history,

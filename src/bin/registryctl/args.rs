@@ -279,8 +279,16 @@ pub(crate) struct WatchArgs {
     #[arg(long)]
     pub(crate) namespace: Option<String>,
     /// First every matching agent (SNAPSHOT), then SYNCED, then changes.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "since")]
     pub(crate) snapshot: bool,
+    /// Resume: first every matching change after this revision (from the
+    /// registry's change history), then live changes.
+    #[arg(long, value_name = "REV")]
+    pub(crate) since: Option<u64>,
+    /// Print a BOOKMARK (the revision the stream has caught up to) every
+    /// bookmark interval, also while nothing changes.
+    #[arg(long)]
+    pub(crate) bookmarks: bool,
 }
 
 /// `notify` options.

@@ -276,7 +276,8 @@ async fn watch(args: WatchArgs, client: &RegistryClient, out: &Printer) -> Outco
             capabilities: args.capabilities,
             namespace: args.namespace.unwrap_or_default(),
             send_initial_snapshot: args.snapshot,
-            ..pb::WatchAgentsRequest::default()
+            start_revision: args.since.unwrap_or(0),
+            progress_notify: args.bookmarks,
         })
         .await?;
     out.event_header()?;

@@ -7,6 +7,7 @@
 //! registryctl list -o json                                # one JSON object per agent per line
 //! registryctl discover -c gpu --strategy round-robin --max 3
 //! registryctl watch --snapshot                            # streams changes until Ctrl-C
+//! registryctl watch --since 1733000000000042 --bookmarks  # resume after a revision
 //! registryctl notify <agent-id> --message "drain" --type CONTROL
 //! registryctl subscribe <agent-id> --token <token>        # the agent's notifications
 //! registryctl health                                      # exit 0 only when SERVING

@@ -14,8 +14,8 @@ use prost::Message;
 use crate::{
     convert,
     domain::{
-        Agent, AgentId, Change, ChangeKind, Error, Notification, Replayed, Result, Status, Telemetry,
-        TokenHash, agent::Registration,
+        Agent, AgentId, Change, ChangeKind, Error, Notification, Replayed, Result, Status,
+        Telemetry, TokenHash, agent::Registration,
     },
     pb,
 };

@@ -6,12 +6,13 @@
 local after, upto, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local floor = redis.call('GET', KEYS[2])
 if not floor then
-  -- No change was recorded yet: only the present can be resumed from.
-  local rev = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if after >= rev then
+  -- No change was recorded yet: only the present can be resumed from. A
+  -- store without even a revision was wiped: nothing can be.
+  local rev = redis.call('GET', KEYS[3])
+  if rev and after >= tonumber(rev) then
     return { 'OK' }
   end
-  return { 'COMPACTED', int(rev) }
+  return { 'COMPACTED', rev or '0' }
 end
 floor = tonumber(floor)
 if after < floor then
