@@ -289,9 +289,145 @@ async fn bench_store(store: &str, extra: &[String], redis_url: Option<&str>) -> 
         );
     }
     rows.push(discover(&clients, 100_000, 2_000).await.row(store));
+    history_cost(&clients, &agents, redis_url).await;
 
     running.shutdown().await;
     rows
+}
+
+/// The change history (watch resume, BEHAVIOUR.md §11): what it holds per
+/// change, and what 1 000 watchers resuming after 100 missed changes cost
+/// next to watchers re-snapshotting 100 000 agents instead.
+async fn history_cost(clients: &[Client], agents: &[(String, String)], redis_url: Option<&str>) {
+    const MISSED: usize = 100;
+    const RESUMERS: usize = 1_000;
+    const SNAPSHOTTERS: usize = 10;
+    // The revision "before the cut": from the first of MISSED changes.
+    let mut probe = clients[0]
+        .clone()
+        .watch_agents(pb::WatchAgentsRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut start = None;
+    for (i, (id, token)) in agents.iter().take(MISSED + 1).enumerate() {
+        clients[i % clients.len()]
+            .clone()
+            .heartbeat(pb::HeartbeatRequest {
+                agent_id: id.clone(),
+                registration_token: token.clone(),
+                telemetry: Some(pb::AgentTelemetry {
+                    success_rate: 0.99,
+                    total_executions: 1000 + i as i64,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("heartbeat");
+        if start.is_none() {
+            let event = probe.message().await.expect("event").expect("open");
+            start = Some(event.revision);
+        }
+    }
+    drop(probe);
+    let start = start.unwrap_or(0);
+    let began = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..RESUMERS {
+        let mut c = clients[w % clients.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = c
+                .watch_agents(pb::WatchAgentsRequest {
+                    start_revision: start,
+                    ..Default::default()
+                })
+                .await
+                .expect("resume")
+                .into_inner();
+            let mut got = 0;
+            while got < MISSED {
+                match tokio::time::timeout(Duration::from_secs(30), stream.message()).await {
+                    Ok(Ok(Some(_))) => got += 1,
+                    _ => break,
+                }
+            }
+            got
+        }));
+    }
+    let mut replayed = 0;
+    for task in tasks {
+        replayed += task.await.unwrap_or(0);
+    }
+    let resume = began.elapsed();
+    let began = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..SNAPSHOTTERS {
+        let mut c = clients[w % clients.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = c
+                .watch_agents(pb::WatchAgentsRequest {
+                    send_initial_snapshot: true,
+                    ..Default::default()
+                })
+                .await
+                .expect("snapshot")
+                .into_inner();
+            let synced = pb::agent_change_event::EventType::Synced as i32;
+            let mut bytes = 0usize;
+            while let Ok(Ok(Some(event))) =
+                tokio::time::timeout(Duration::from_secs(30), stream.message()).await
+            {
+                bytes += prost::Message::encoded_len(&event);
+                if event.event_type == synced {
+                    break;
+                }
+            }
+            bytes
+        }));
+    }
+    let mut snapshot_bytes = 0;
+    for task in tasks {
+        snapshot_bytes += task.await.unwrap_or(0);
+    }
+    let snapshot = began.elapsed();
+    println!(
+        "<!-- resume: {RESUMERS} watchers × {MISSED} missed changes in {resume:?} \
+         ({replayed} events, {:.2} ms per watcher); re-snapshot of 100 000 agents: \
+         {SNAPSHOTTERS} watchers in {snapshot:?} ({:.0} ms and {:.1} MB per watcher) -->",
+        resume.as_secs_f64() * 1e3 / RESUMERS as f64,
+        snapshot.as_secs_f64() * 1e3 / SNAPSHOTTERS as f64,
+        snapshot_bytes as f64 / SNAPSHOTTERS as f64 / 1e6,
+    );
+    if let Some(url) = redis_url
+        && let Ok(client) = redis::Client::open(url)
+        && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+    {
+        let len: u64 = redis::cmd("XLEN")
+            .arg("{registry}:history")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(0);
+        let bytes: u64 = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg("{registry}:history")
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(0);
+        println!(
+            "<!-- redis history: {len} changes, {:.1} MiB, {} bytes/change -->",
+            bytes as f64 / (1 << 20) as f64,
+            bytes / len.max(1)
+        );
+    } else {
+        // The memory store's ring holds each change as published: the
+        // entry, and the agent version it carries (about its encoded size
+        // plus the allocations of its strings).
+        let entry = std::mem::size_of::<agent_registry::domain::Replayed>()
+            + std::mem::size_of::<agent_registry::domain::Agent>();
+        println!("<!-- memory history: about {entry} bytes/change plus the agent's strings -->");
+    }
 }
 
 /// 100 watchers; 2 000 telemetry changes (each of a different agent) at

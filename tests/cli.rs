@@ -750,6 +750,40 @@ async fn watch_prints_registered_for_an_agent_registered_meanwhile() {
     server.stop().await;
 }
 
+/// `watch --since REV` replays what came after REV, then live changes;
+/// `--bookmarks` prints BOOKMARKs while nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_since_a_revision_replays_and_bookmarks_show_progress() {
+    let server = TestServer::start_with(Backend::Memory, &["--bookmark-interval", "1"]).await;
+    let (first, _) = register(&server, &["-c", "a"]).await;
+    let mut watch = Streaming::spawn(&server, &["-o", "json", "watch", "--snapshot"]);
+    let snapshot = watch.json().await;
+    assert_eq!(snapshot["agent"]["agent_id"], first.as_str());
+    let since = watch.json().await["revision"].as_u64().unwrap();
+    watch.terminate();
+    let (second, _) = register(&server, &["-c", "b"]).await;
+
+    let since = since.to_string();
+    let mut resumed = Streaming::spawn(
+        &server,
+        &["-o", "json", "watch", "--since", &since, "--bookmarks"],
+    );
+    let replayed = resumed.json().await;
+    assert_eq!(replayed["event_type"], "REGISTERED");
+    assert_eq!(replayed["agent"]["agent_id"], second.as_str());
+    let bookmark = resumed
+        .json_until(5, |e| e["event_type"] == "BOOKMARK")
+        .await;
+    assert!(bookmark["revision"].as_u64().unwrap() >= replayed["revision"].as_u64().unwrap());
+    resumed.terminate();
+    assert!(resumed.exit().await.success());
+
+    ctl(&server, &["watch", "--since", "5", "--snapshot"])
+        .await
+        .code(2);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_keep_alive_heartbeats_then_deregisters_on_sigterm() {
     let server = TestServer::start(Backend::Memory).await;
