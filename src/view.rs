@@ -84,7 +84,19 @@ fn rank_slot(status: Status) -> usize {
 
 impl Index {
     fn insert(&mut self, agent: Arc<Agent>) {
-        if let Some(old) = self.agents.remove(&agent.id) {
+        if let Some(old) = self.agents.get(&agent.id).cloned() {
+            if old.capabilities == agent.capabilities
+                && old.agent_type == agent.agent_type
+                && old.status == agent.status
+                && list_key(&old) == list_key(&agent)
+            {
+                // The common case (a keep-alive, a telemetry report): only
+                // the rank position may move; every other index holds the
+                // same key and just gets the new value.
+                self.replace(&old, agent);
+                return;
+            }
+            self.agents.remove(&agent.id);
             self.unindex(&old);
         }
         for cap in &agent.capabilities {
@@ -99,6 +111,25 @@ impl Index {
             .population
             .entry((agent.agent_type, agent.status))
             .or_insert(0) += 1;
+        self.agents.insert(agent.id, agent);
+    }
+
+    /// Puts `agent` in the place of `old`, whose capabilities, type, status
+    /// and list key are the same.
+    fn replace(&mut self, old: &Agent, agent: Arc<Agent>) {
+        if let Some(slot) = self.by_list_order.get_mut(&list_key(&agent)) {
+            *slot = agent.clone();
+        }
+        let ranks = &mut self.by_rank[rank_slot(agent.status)];
+        let (before, after) = (RankKey::of(old), RankKey::of(&agent));
+        if before == after {
+            if let Some(slot) = ranks.get_mut(&after) {
+                *slot = agent.clone();
+            }
+        } else {
+            ranks.remove(&before);
+            ranks.insert(after, agent.clone());
+        }
         self.agents.insert(agent.id, agent);
     }
 

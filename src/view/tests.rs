@@ -116,3 +116,58 @@ fn changes_move_agents_between_rank_partitions() {
     assert!(view.discover(&query(Status::Unhealthy)).is_empty());
     assert_eq!(view.len(), 0);
 }
+
+#[test]
+fn keep_alives_and_reports_keep_every_index_exact() {
+    let mut agents: Vec<Arc<Agent>> = (0..2000).map(|i| Arc::new(agent(i))).collect();
+    let view = View::new();
+    view.reset(Snapshot {
+        revision: 1,
+        agents: agents.clone(),
+    });
+    // Keep-alives move last_seen (and so the rank); reports move the score;
+    // some change status (another partition).
+    for (n, slot) in agents.iter_mut().enumerate().filter(|(n, _)| n % 3 == 0) {
+        let mut next = (**slot).clone();
+        next.last_seen_ms += 5_000;
+        if n % 2 == 0 {
+            next.telemetry.success_rate = ((n * 7) % 100) as f64 / 100.0;
+            next.telemetry.total_executions = 20;
+            next.status = next.telemetry.status();
+        }
+        *slot = Arc::new(next);
+        view.apply(&Change {
+            revision: 2 + n as u64,
+            kind: ChangeKind::Touched,
+            agent: slot.clone(),
+            at: 0,
+        });
+    }
+    for caps in [&[][..], &["all"][..], &["c3"][..]] {
+        for status in Status::ALL {
+            let q = DiscoverQuery {
+                capabilities: caps.iter().map(|c| c.to_string()).collect(),
+                filter: AgentFilter {
+                    status: Some(status),
+                    ..AgentFilter::default()
+                },
+                max_results: 50,
+                strategy: Strategy::Ranked,
+            };
+            let got: Vec<AgentId> = view.discover(&q).iter().map(|a| a.id).collect();
+            assert_eq!(got, brute_force(&agents, &q), "{caps:?} {status:?}");
+        }
+    }
+    let (listed, _) = view.list(&AgentFilter::default(), None, None);
+    assert_eq!(listed.len(), agents.len());
+    for a in &agents {
+        assert!(Arc::ptr_eq(&view.get(a.id).unwrap(), a), "the latest value");
+    }
+    let listed_latest = listed
+        .iter()
+        .all(|l| agents.iter().any(|a| Arc::ptr_eq(a, l)));
+    assert!(
+        listed_latest,
+        "the list order index holds the latest values"
+    );
+}
