@@ -22,6 +22,8 @@ pub struct Outcome(pub &'static str);
 pub struct ApiError {
     code: Code,
     message: String,
+    /// A body over the limit: 413 rather than 429.
+    too_large: bool,
 }
 
 impl ApiError {
@@ -30,6 +32,7 @@ impl ApiError {
         Self {
             code: Code::InvalidArgument,
             message: format!("{what}: {reason}"),
+            too_large: false,
         }
     }
 
@@ -38,6 +41,7 @@ impl ApiError {
         Self {
             code: Code::ResourceExhausted,
             message: format!("body: larger than {limit} bytes"),
+            too_large: true,
         }
     }
 
@@ -46,6 +50,7 @@ impl ApiError {
         Self {
             code: Code::NotFound,
             message: format!("no route {method} {path}"),
+            too_large: false,
         }
     }
 
@@ -71,6 +76,7 @@ impl From<tonic::Status> for ApiError {
         Self {
             code: status.code(),
             message: status.message().to_owned(),
+            too_large: false,
         }
     }
 }
@@ -93,8 +99,7 @@ pub fn http_status(code: Code, body_too_large: bool) -> StatusCode {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let too_large = self.message.starts_with("body: larger than");
-        let status = http_status(self.code, too_large);
+        let status = http_status(self.code, self.too_large);
         let mut response = (status, self.json().to_string()).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -189,6 +189,11 @@ async fn malformed_bodies_and_parameters_are_400_naming_them(backend: Backend) {
         assert!(message.contains(field), "{query}: {message}");
     }
     api.get("/v1/nothing-here").await.error(404, "NOT_FOUND");
+    let huge = format!("{{\"message\":\"{}\"}}", "x".repeat(2 << 20));
+    let path = format!("/v1/agents/{}/notifications", uuid::Uuid::new_v4());
+    api.send(Method::POST, &path, Some(huge), None)
+        .await
+        .error(413, "RESOURCE_EXHAUSTED");
 }
 
 async fn list_filters_and_pages(backend: Backend) {

@@ -26,7 +26,9 @@ function el(tag, text, cls) {
 function ago(secs) {
   const s = Number(secs || 0);
   if (!s) return "never";
-  const d = Math.max(0, Math.round(Date.now() / 1000 - s));
+  const delta = Math.round(Date.now() / 1000 - s);
+  if (delta < 0) return "in " + -delta + " s";
+  const d = delta;
   if (d < 60) return d + " s ago";
   if (d < 3600) return Math.floor(d / 60) + " min ago";
   if (d < 86400) return Math.floor(d / 3600) + " h ago";
