@@ -22,6 +22,7 @@ use std::{sync::Arc, time::Instant};
 use axum::{
     Router,
     extract::{DefaultBodyLimit, Request, State},
+    http::StatusCode,
     middleware::{self, Next},
     response::Response,
     routing::{MethodRouter, get, post},
@@ -46,10 +47,7 @@ pub struct Http<S> {
 /// The router of every route of §12, over `registry`.
 pub fn router<S: Store>(registry: Arc<Registry<S>>, metrics: Arc<Metrics>) -> Router {
     let state = Arc::new(Http {
-        streams: StreamContext {
-            shutdown: registry.shutdown().clone(),
-            aborted: metrics.streams_aborted.clone(),
-        },
+        streams: StreamContext::new(registry.shutdown(), &metrics),
         registry,
     });
     let observed = |rpc: Rpc, route: MethodRouter<Arc<Http<S>>>| {
@@ -134,7 +132,8 @@ struct Observer {
 
 /// Runs one call in its `call` span and records its latency and result
 /// (the [`Outcome`] an error answer leaves, else `ok`; a watch counts when
-/// its stream starts, as on gRPC).
+/// its stream starts, as on gRPC). A 405 (no such method on the route) is
+/// not a call and is not counted.
 async fn observe(State(observer): State<Observer>, request: Request, next: Next) -> Response {
     let span = tracing::info_span!(
         "call",
@@ -147,10 +146,15 @@ async fn observe(State(observer): State<Observer>, request: Request, next: Next)
     let started = Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
-    let result = response
-        .extensions()
-        .get::<Outcome>()
-        .map_or("ok", |outcome| outcome.0);
+    let status = response.status();
+    let result = match response.extensions().get::<Outcome>() {
+        Some(outcome) => outcome.0,
+        // A method the route does not have: no call of its RPC happened.
+        None if status == StatusCode::METHOD_NOT_ALLOWED => return response,
+        None if status.is_success() => "ok",
+        None if status.is_client_error() => "INVALID_ARGUMENT",
+        None => "INTERNAL",
+    };
     observer
         .metrics
         .observe_call(observer.rpc, result, elapsed.as_secs_f64());

@@ -38,10 +38,7 @@ pub struct RegistryService<S> {
 impl<S: Store> RegistryService<S> {
     /// The service of `registry`; `metrics` counts aborted streams.
     pub fn new(registry: Arc<Registry<S>>, metrics: &Metrics) -> Self {
-        let streams = streams::StreamContext {
-            shutdown: registry.shutdown().clone(),
-            aborted: metrics.streams_aborted.clone(),
-        };
+        let streams = streams::StreamContext::new(registry.shutdown(), metrics);
         Self { registry, streams }
     }
 }

@@ -361,8 +361,13 @@ async fn metadata_documents_and_the_console_are_served(backend: Backend) {
             "{asset} names another origin"
         );
     }
-    // HTTP calls count like RPCs.
+    // HTTP calls count like RPCs; a method a route does not have is no call.
     api.register(&["a"], json!({})).await;
+    let put = api.send(Method::PUT, "/v1/agents", None, None).await;
+    assert_eq!(put.status, 405);
+    api.post("/v1/agents", json!({}), None)
+        .await
+        .error(400, "INVALID_ARGUMENT");
     let metrics = client
         .get(format!("http://{}/metrics", api.server.metrics_addr))
         .send()
@@ -373,6 +378,10 @@ async fn metadata_documents_and_the_console_are_served(backend: Backend) {
         .unwrap();
     assert!(
         metrics.contains("service_registry_register_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("service_registry_register_total{result=\"INVALID_ARGUMENT\"} 1"),
         "{metrics}"
     );
 }
