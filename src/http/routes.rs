@@ -255,15 +255,30 @@ pub async fn capabilities<S: Store>(State(http): AppState<S>, headers: HeaderMap
         .registry
         .capabilities(&call(&headers, String::new()))
         .await;
-    read_json(catalog, |catalog| {
-        let entries: Vec<_> = catalog
+    read_json(catalog, |catalog| Catalog {
+        capabilities: catalog
             .into_iter()
-            .map(
-                |c| serde_json::json!({ "name": c.name, "agents": c.agents, "healthy": c.healthy }),
-            )
-            .collect();
-        serde_json::json!({ "capabilities": entries })
+            .map(|c| CatalogEntry {
+                name: c.name,
+                agents: c.agents,
+                healthy: c.healthy,
+            })
+            .collect(),
     })
+}
+
+/// The body of `GET /v1/capabilities`.
+#[derive(Serialize)]
+struct Catalog {
+    capabilities: Vec<CatalogEntry>,
+}
+
+/// One capability: how many agents have it, how many of those are HEALTHY.
+#[derive(Serialize)]
+struct CatalogEntry {
+    name: String,
+    agents: usize,
+    healthy: usize,
 }
 
 /// Any other path: a JSON 404.
