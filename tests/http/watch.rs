@@ -12,6 +12,7 @@ behaviour_tests!(
     watch_streams_the_snapshot_then_live_events,
     watch_filters_by_capability_type_and_namespace,
     watch_ends_with_an_error_event_on_shutdown,
+    a_closed_event_stream_frees_its_watcher,
 );
 
 async fn watch_streams_the_snapshot_then_live_events(backend: Backend) {
@@ -97,12 +98,31 @@ async fn watch_ends_with_an_error_event_on_shutdown(backend: Backend) {
     assert!(events.next().await.is_none(), "the stream closes");
 }
 
+async fn a_closed_event_stream_frees_its_watcher(backend: Backend) {
+    let api = Api::start(backend).await;
+    let watchers = |api: &Api| {
+        let url = format!("http://{}/metrics", api.server.metrics_addr);
+        async move {
+            let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("service_registry_watchers "))
+                .map(|v| v.trim().to_owned())
+        }
+    };
+    let mut events = api.events("/v1/watch?snapshot=true").await;
+    assert_eq!(events.next().await.unwrap().data["eventType"], "SYNCED");
+    assert_eq!(watchers(&api).await.as_deref(), Some("1"));
+    drop(events);
+    wait_until(Duration::from_secs(5), "the watcher is gone", || async {
+        watchers(&api).await.as_deref() == Some("0")
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_are_marked_stale_and_writes_refused_while_redis_is_down() {
-    let api = Api::with(TestServer::start(Backend::Redis).await);
-    let (id, token) = api.register(&["a"], json!({})).await;
-    api.server.redis.as_ref().map(|_| ()).unwrap();
-    let mut server = api;
+    let mut server = Api::with(TestServer::start(Backend::Redis).await);
+    let (id, token) = server.register(&["a"], json!({})).await;
     server.server.redis.as_mut().unwrap().kill();
     let path = format!("/v1/agents/{id}");
     wait_until(Duration::from_secs(10), "stale reads", || {
