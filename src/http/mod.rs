@@ -25,7 +25,7 @@ use axum::{
     http::StatusCode,
     middleware::{self, Next},
     response::Response,
-    routing::{MethodRouter, get, post},
+    routing::{MethodRouter, delete, get, post},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, field::Empty};
@@ -67,10 +67,8 @@ pub fn router<S: Store>(registry: Arc<Registry<S>>, metrics: Arc<Metrics>) -> Ro
         )
         .route(
             "/v1/agents/{id}",
-            observed(Rpc::GetAgent, get(routes::get_agent::<S>)).merge(observed(
-                Rpc::Deregister,
-                axum::routing::delete(routes::deregister::<S>),
-            )),
+            observed(Rpc::GetAgent, get(routes::get_agent::<S>))
+                .merge(observed(Rpc::Deregister, delete(routes::deregister::<S>))),
         )
         .route(
             "/v1/agents/{id}/heartbeat",
