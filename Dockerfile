@@ -4,7 +4,7 @@
 # `registryctl` (the CLI), on distroless, as user 65532, no shell.
 #
 #   docker build -t agent-registry:0.1.0 .
-#   docker run --rm -p 50051:50051 -p 9090:9090 agent-registry:0.1.0 --store memory
+#   docker run --rm -p 50051:50051 -p 9090:9090 -p 8080:8080 agent-registry:0.1.0 --store memory
 #
 # Deployment manifests: k8s/ (see k8s/README.md).
 
@@ -54,6 +54,6 @@ COPY --from=build /src/target/release/agent-registry /src/target/release/registr
 ENV LOG_FORMAT=json
 
 # gRPC, then HTTP /metrics, /healthz, /readyz.
-EXPOSE 50051 9090
+EXPOSE 50051 9090 8080
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/agent-registry"]

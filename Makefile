@@ -6,7 +6,7 @@ CARGO ?= cargo
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: run test lint k8s-lint fmt deps build bench clean
+.PHONY: run test test-web chromium lint k8s-lint fmt deps build bench clean
 
 # k8s-lint: a local virtualenv holding the Kubernetes JSON schemas (PyPI
 # package kubernetes-validate), created on first use.
@@ -16,12 +16,25 @@ KUBERNETES_VALIDATE_VERSION ?= 1.37.0
 # Oldest supported Kubernetes (preStop sleep needs 1.30) and newest schemas.
 KUBE_VERSIONS ?= 1.30 1.37
 K8S_VALIDATE_STAMP := $(VENV)/.kubernetes-validate-$(KUBERNETES_VALIDATE_VERSION)
+# test-web: schemathesis (property-based pass over the OpenAPI document) and
+# Playwright (drives Debian's chromium; its own browser download is never used).
+SCHEMATHESIS_VERSION ?= 4.32.5
+PLAYWRIGHT_VERSION ?= 1.65.2
+WEB_TEST_STAMP := $(VENV)/.web-tests-$(SCHEMATHESIS_VERSION)-$(PLAYWRIGHT_VERSION)
+FUZZ_EXAMPLES ?= 100
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+REGISTRY_BIN := $(TARGET_DIR)/debug/agent-registry
+# Where the console test leaves its screenshot; CONSOLE_SCREENSHOT=docs/console.png
+# refreshes the README's.
+CONSOLE_SCREENSHOT ?= $(TARGET_DIR)/console.png
 
-## run: start the server on the embedded memory store (gRPC :50051, HTTP :9090)
+## run: start the server on the embedded memory store (gRPC :50051, metrics :9090,
+## HTTP API and console :8080)
 run:
 	$(CARGO) run --bin agent-registry -- --store memory
 
-## test: unit, behaviour, legacy-client and doc tests (installs redis-server when missing)
+## test: unit, behaviour, legacy-client and doc tests (installs redis-server when
+## missing), then the HTTP API fuzz pass and the console in Chromium (test-web)
 test: deps
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
@@ -30,6 +43,30 @@ test: deps
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 	$(CARGO) test --doc --quiet
+	@$(MAKE) --no-print-directory test-web
+
+## test-web: schemathesis over /v1/openapi.json (no 5xx, no crash), then the
+## console (/ui/) in headless Chromium (screenshot in $(CONSOLE_SCREENSHOT))
+test-web: $(WEB_TEST_STAMP) chromium
+	$(CARGO) build --bin agent-registry
+	cd tests/web && ../../$(VENV)/bin/python fuzz.py $(abspath $(REGISTRY_BIN)) $(FUZZ_EXAMPLES)
+	cd tests/web && ../../$(VENV)/bin/python console.py $(abspath $(REGISTRY_BIN)) $(abspath $(CONSOLE_SCREENSHOT))
+
+$(WEB_TEST_STAMP): $(VENV)/bin/python
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'schemathesis==$(SCHEMATHESIS_VERSION)' 'playwright==$(PLAYWRIGHT_VERSION)'
+	touch $@
+
+## chromium: Debian's chromium for the console test; apt-get when root
+chromium:
+	@if [ -x /usr/bin/chromium ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "missing: /usr/bin/chromium (the console test drives it headless)." >&2; \
+		echo "install it, e.g.: sudo apt-get install chromium" >&2; \
+		exit 1; \
+	fi
 
 ## lint: formatting and clippy, warnings are errors; then the k8s/ manifests
 lint:
@@ -42,7 +79,12 @@ lint:
 k8s-lint: $(K8S_VALIDATE_STAMP)
 	$(VENV)/bin/python k8s/validate.py --quiet $(addprefix -k ,$(KUBE_VERSIONS)) k8s
 
-$(K8S_VALIDATE_STAMP):
+$(K8S_VALIDATE_STAMP): $(VENV)/bin/python
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION)'
+	touch $@
+
+# The virtualenv (python3-venv with apt-get when root and missing).
+$(VENV)/bin/python:
 	@if ! $(PYTHON) -m venv --help >/dev/null 2>&1 || ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 			echo "installing python3-venv with apt-get"; \
@@ -52,8 +94,6 @@ $(K8S_VALIDATE_STAMP):
 		fi; \
 	fi
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION)'
-	touch $@
 
 fmt:
 	$(CARGO) fmt --all

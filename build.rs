@@ -1,5 +1,7 @@
-//! Generates the gRPC code from `proto/`, plus a client-only copy of the
-//! original (legacy) contract that the compatibility tests speak.
+//! Generates the gRPC code from `proto/`, its proto3 JSON mapping (serde
+//! impls by `pbjson-build`, from the same descriptor set) for the HTTP API,
+//! plus a client-only copy of the original (legacy) contract that the
+//! compatibility tests speak.
 //!
 //! `protoc` comes from `PROTOC` when set, else from the vendored binary of
 //! `protoc-bin-vendored`, so a fresh machine needs nothing installed.
@@ -18,9 +20,17 @@ fn main() -> Result<(), Box<dyn Error>> {
         config
     };
 
+    let descriptor_path = out_dir.join("service_registry_descriptor.bin");
     tonic_prost_build::configure()
-        .file_descriptor_set_path(out_dir.join("service_registry_descriptor.bin"))
+        .file_descriptor_set_path(&descriptor_path)
         .compile_with_config(config(), &["proto/service_registry.proto"], &["proto"])?;
+    // Canonical proto3 JSON: lowerCamelCase, enums by name, 64-bit integers
+    // as strings, unknown fields refused; every field emitted (defaults too)
+    // so replies always have the same shape.
+    pbjson_build::Builder::new()
+        .register_descriptors(&std::fs::read(&descriptor_path)?)?
+        .emit_fields()
+        .build(&[".neural_hive.service_registry"])?;
 
     let legacy = out_dir.join("legacy");
     std::fs::create_dir_all(&legacy)?;

@@ -30,7 +30,7 @@ use crate::{
     store::{
         HeartbeatCommand, Heartbeaten, NotifyCommand, Ownership, RegisterCommand, Registered, Store,
     },
-    view::View,
+    view::{CapabilityUse, View},
 };
 
 /// How long a write waits for this replica's view to apply it before
@@ -357,6 +357,12 @@ impl<S: Store> Registry<S> {
     ) -> Result<Read<Vec<Arc<Agent>>>> {
         self.await_first_load(call).await;
         Ok(self.read(self.view.discover(query)))
+    }
+
+    /// The capability catalog of this replica's view, sorted by name.
+    pub async fn capabilities(&self, call: &Call) -> Read<Vec<CapabilityUse>> {
+        self.await_first_load(call).await;
+        self.read(self.view.capabilities())
     }
 
     /// WatchAgents: the snapshot (when asked for) and the live queue, taken

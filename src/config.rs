@@ -31,6 +31,10 @@ pub struct Config {
     /// HTTP port for /metrics, /healthz and /readyz (0 = pick a free port).
     #[arg(long, env = "METRICS_PORT", default_value_t = 9090)]
     pub metrics_port: u16,
+    /// HTTP/JSON API and web console port (0 = pick a free port and log it;
+    /// `none` = off).
+    #[arg(long, env = "HTTP_PORT", default_value = "8080", value_parser = parse_http_port)]
+    pub http_port: HttpPort,
     /// Backing store: memory, redis, or auto (redis when a Redis URL is set).
     #[arg(long, env = "REGISTRY_STORE", value_enum, default_value_t = StoreChoice::Auto)]
     pub store: StoreChoice,
@@ -135,6 +139,25 @@ pub struct TtlPolicy {
     pub removal_grace: Duration,
 }
 
+/// Whether and where the HTTP/JSON API listens (`--http-port`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum HttpPort {
+    /// `none`: no HTTP API.
+    Off,
+    /// This port (0 = a free one).
+    Port(u16),
+}
+
+/// `none`, or a port number.
+fn parse_http_port(s: &str) -> Result<HttpPort, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(HttpPort::Off);
+    }
+    s.parse()
+        .map(HttpPort::Port)
+        .map_err(|_| format!("{s:?} is neither a port (0..=65535) nor `none`"))
+}
+
 /// Validated settings the server is built from.
 #[derive(Clone)]
 pub struct Settings {
@@ -142,6 +165,8 @@ pub struct Settings {
     pub grpc_addr: std::net::SocketAddr,
     /// HTTP (metrics/probes) listen address.
     pub metrics_addr: std::net::SocketAddr,
+    /// HTTP/JSON API and console listen address (`None` = off).
+    pub http_addr: Option<std::net::SocketAddr>,
     /// Store to use.
     pub store: StoreSettings,
     /// Liveness timing.
@@ -287,6 +312,10 @@ impl Config {
         Ok(Settings {
             grpc_addr: (self.host, port).into(),
             metrics_addr: (self.host, self.metrics_port).into(),
+            http_addr: match self.http_port {
+                HttpPort::Off => None,
+                HttpPort::Port(port) => Some((self.host, port).into()),
+            },
             store,
             ttl: TtlPolicy {
                 default_ttl: heartbeat_timeout,
@@ -377,6 +406,7 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("grpc_addr", &self.grpc_addr)
             .field("metrics_addr", &self.metrics_addr)
+            .field("http_addr", &self.http_addr)
             .field("store", &self.store)
             .field("ttl", &self.ttl)
             .field("require_token", &self.require_token)

@@ -4,7 +4,7 @@
 //!
 //! Depends on: pb, domain.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use tonic::metadata::MetadataMap;
 
@@ -15,11 +15,14 @@ use crate::{
         Agent, AgentId, AgentType, Change, ChangeKind, Error, Notification, Result, Status,
         Telemetry, Token,
         agent::Registration,
-        query::{AgentFilter, DiscoverQuery, Strategy, WatchSelection},
+        query::{
+            AgentFilter, DiscoverQuery, Strategy, WatchSelection, decode_page_token,
+            encode_page_token,
+        },
         to_secs, validate,
     },
     pb::{self, agent_change_event::EventType},
-    store::Registered,
+    store::{Heartbeaten, NotifyCommand, Registered},
 };
 
 /// gRPC metadata key that may carry the registration token.
@@ -31,12 +34,19 @@ pub const STALE_METADATA_KEY: &str = "x-registry-stale";
 /// The token a caller presented: the request field if set, else the
 /// `x-registration-token` metadata entry.
 pub fn presented_token(field: String, metadata: &MetadataMap) -> Option<Token> {
+    let header = metadata
+        .get(TOKEN_METADATA_KEY)
+        .and_then(|v| v.to_str().ok());
+    token_of(field, header)
+}
+
+/// The token a caller presented: the request field if set, else the
+/// header's value (`x-registration-token`, gRPC metadata or HTTP header).
+pub fn token_of(field: String, header: Option<&str>) -> Option<Token> {
     if !field.is_empty() {
         return Some(Token::presented(field));
     }
-    metadata
-        .get(TOKEN_METADATA_KEY)
-        .and_then(|v| v.to_str().ok())
+    header
         .filter(|s| !s.is_empty())
         .map(|s| Token::presented(s.to_owned()))
 }
@@ -193,6 +203,75 @@ pub fn filter(agent_type: i32, filters: HashMap<String, String>) -> Result<Agent
         }
     }
     Ok(filter)
+}
+
+/// A whole ListAgents request: filters, page size and page token (which
+/// must have been handed out for the same filters).
+pub fn list_request(req: pb::ListAgentsRequest) -> Result<api::ListRequest> {
+    let filter = filter(req.agent_type, req.filters)?;
+    let page_size = validate::page_size(req.page_size)?;
+    let after = match req.page_token.as_str() {
+        "" => None,
+        token => Some(decode_page_token(token, &filter)?),
+    };
+    Ok(api::ListRequest {
+        filter,
+        page_size,
+        after,
+    })
+}
+
+/// The answer to a ListAgents `request`: the page and, when more follow,
+/// the token of the next one.
+pub fn list_response(request: &api::ListRequest, page: api::ListPage) -> pb::ListAgentsResponse {
+    pb::ListAgentsResponse {
+        agents: page
+            .agents
+            .iter()
+            .map(|a| pb::AgentInfo::from(&**a))
+            .collect(),
+        next_page_token: page
+            .next
+            .map(|key| encode_page_token(key, &request.filter))
+            .unwrap_or_default(),
+    }
+}
+
+/// The answer to a DiscoverAgents `query`.
+pub fn discover_response(query: &DiscoverQuery, agents: &[Arc<Agent>]) -> pb::DiscoverResponse {
+    pb::DiscoverResponse {
+        agents: agents.iter().map(|a| pb::AgentInfo::from(&**a)).collect(),
+        ranked: query.strategy == Strategy::Ranked,
+    }
+}
+
+/// The answer to a Heartbeat.
+pub fn heartbeat_response(done: &Heartbeaten) -> pb::HeartbeatResponse {
+    pb::HeartbeatResponse {
+        status: done.agent.status as i32,
+        last_seen: done.agent.last_seen(),
+        expires_at: done.agent.expires_at(),
+    }
+}
+
+/// A NotifyAgent request.
+pub fn notify_command(req: pb::NotifyAgentRequest) -> Result<NotifyCommand> {
+    Ok(NotifyCommand {
+        agent_id: validate::agent_id("agent_id", &req.agent_id)?,
+        kind: validate::notification_type(req.notification_type)?,
+        message: validate::message(req.message)?,
+        metadata: validate::metadata("metadata", req.metadata)?,
+    })
+}
+
+/// The answer to a NotifyAgent.
+pub fn notify_response(outcome: &api::NotifyOutcome) -> pb::NotifyAgentResponse {
+    pb::NotifyAgentResponse {
+        success: true,
+        error: String::new(),
+        notification_id: outcome.notification.id.to_string(),
+        delivered: outcome.delivered,
+    }
 }
 
 /// A DiscoverAgents request.

@@ -20,6 +20,8 @@
 //! - [`convert`]: every wire ↔ domain conversion (service, SDK, Redis codec).
 //! - [`service`]: the tonic service: decode → call [`api`] → encode; errors
 //!   to statuses in one place, per-call metrics and spans in one layer.
+//! - [`http`]: the HTTP/JSON door (same decode → [`api`] → encode), the
+//!   watch stream as Server-Sent Events, and the web console.
 //! - [`server`]: the composition root.
 //! - [`backoff`], [`sync`]: retry timing and lock helpers used everywhere.
 //! - [`config`]: flags and environment variables.
@@ -38,6 +40,7 @@ pub mod convert;
 pub mod domain;
 pub mod feed;
 pub mod health;
+pub mod http;
 pub mod hub;
 pub mod mailbox;
 pub mod metrics;

@@ -1,6 +1,6 @@
 //! The composition root: builds the store named by the settings, this
 //! replica's view, mailboxes, feed pump, reaper, health reporting, the
-//! metrics HTTP server, and serves gRPC (registry, health, reflection) until
+//! metrics HTTP server, the HTTP/JSON API, and serves gRPC (registry, health, reflection) until
 //! told to stop. The only file that names a concrete store.
 //!
 //! Shutdown, in order: health and `/readyz` turn not serving, the gRPC
@@ -10,6 +10,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use axum::serve::ListenerExt;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
@@ -21,6 +22,7 @@ use crate::{
     domain::clock::{Clock, SystemClock},
     feed,
     health::{self, HealthStatus},
+    http,
     mailbox::Mailboxes,
     metrics::{Gauges, Metrics},
     pb::{self, service_registry_server::ServiceRegistryServer},
@@ -65,6 +67,7 @@ pub enum StartError {
 pub struct Running {
     grpc_addr: SocketAddr,
     metrics_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -78,6 +81,11 @@ impl Running {
     /// The bound HTTP (metrics, probes) address.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
+    }
+
+    /// The bound HTTP/JSON API and console address (`None` when off).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// A token that starts the shutdown when cancelled.
@@ -107,6 +115,8 @@ struct Common {
     settings: Settings,
     grpc: TcpListener,
     admin: TcpListener,
+    /// The HTTP/JSON API's listener, when it is on.
+    http: Option<TcpListener>,
     shutdown: CancellationToken,
     /// Stops the background tasks once the server has drained.
     background: CancellationToken,
@@ -126,6 +136,13 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let (grpc, grpc_addr) = bind(settings.grpc_addr).await?;
     let (admin, metrics_addr) = bind(settings.metrics_addr).await?;
+    let (http, http_addr) = match settings.http_addr {
+        Some(addr) => {
+            let (listener, bound) = bind(addr).await?;
+            (Some(listener), Some(bound))
+        }
+        None => (None, None),
+    };
     let metrics = Arc::new(Metrics::new().expect("metric names are distinct constants"));
     let shutdown = CancellationToken::new();
     let background = CancellationToken::new();
@@ -138,6 +155,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         settings: settings.clone(),
         grpc,
         admin,
+        http,
         shutdown: shutdown.clone(),
         background: background.clone(),
     };
@@ -171,12 +189,14 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     tracing::info!(
         grpc = %grpc_addr,
         metrics = %metrics_addr,
+        http = %http_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         settings = ?settings,
         "agent registry started"
     );
     Ok(Running {
         grpc_addr,
         metrics_addr,
+        http_addr,
         shutdown,
         task,
     })
@@ -212,6 +232,7 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
         settings,
         grpc,
         admin,
+        http,
         shutdown,
         background,
     } = common;
@@ -262,6 +283,20 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
         policy,
         shutdown: shutdown.clone(),
     });
+    if let Some(listener) = http {
+        let router = http::router(registry.clone(), metrics.clone());
+        // Small answers and SSE events must not wait for delayed ACKs.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
+        tasks.push(tokio::spawn(http::serve(
+            listener,
+            router,
+            shutdown.clone(),
+        )));
+    }
     let service = RegistryService::new(registry, &metrics);
     let reflection = || {
         tonic_reflection::server::Builder::configure()

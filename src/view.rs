@@ -55,6 +55,17 @@ pub struct View {
     loaded: AtomicBool,
 }
 
+/// One entry of the capability catalog ([`View::capabilities`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapabilityUse {
+    /// The capability.
+    pub name: String,
+    /// Agents that have it.
+    pub agents: usize,
+    /// Of those, the HEALTHY ones.
+    pub healthy: usize,
+}
+
 #[derive(Debug, Default)]
 struct Index {
     revision: Revision,
@@ -276,6 +287,28 @@ impl View {
     /// Agents per (type, status).
     pub fn population(&self) -> HashMap<(AgentType, Status), usize> {
         self.read().population.clone()
+    }
+
+    /// The capability catalog: every capability some agent has, by name,
+    /// with how many agents have it and how many of those are HEALTHY.
+    pub fn capabilities(&self) -> Vec<CapabilityUse> {
+        let index = self.read();
+        let mut catalog: Vec<CapabilityUse> = index
+            .by_capability
+            .iter()
+            .map(|(name, ids)| CapabilityUse {
+                name: name.clone(),
+                agents: ids.len(),
+                healthy: ids
+                    .iter()
+                    .filter_map(|id| index.agents.get(id))
+                    .filter(|a| a.status == Status::Healthy)
+                    .count(),
+            })
+            .collect();
+        drop(index);
+        catalog.sort_by(|a, b| a.name.cmp(&b.name));
+        catalog
     }
 
     /// The hub of this view's watchers.

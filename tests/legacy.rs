@@ -707,6 +707,7 @@ mod environment {
                 .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
                 .env("SERVICE_REGISTRY_HOST", "127.0.0.1")
                 .env("METRICS_PORT", "0")
+                .env("HTTP_PORT", "0")
                 .env("RUST_LOG", "info")
                 .stdout(Stdio::null())
                 .stderr(log.reopen().unwrap())

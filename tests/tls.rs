@@ -122,6 +122,8 @@ async fn the_registry_speaks_tls_to_redis() {
                 &port.to_string(),
                 "--metrics-port",
                 "0",
+                "--http-port",
+                "0",
                 "--store",
                 "redis",
                 "--redis-url",

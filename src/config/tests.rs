@@ -205,3 +205,15 @@ fn passwords_are_redacted() {
     );
     assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
 }
+
+#[test]
+fn the_http_port_defaults_to_8080_and_can_be_free_or_off() {
+    let s = settings(&[], &[]).unwrap();
+    assert_eq!(s.http_addr.map(|a| a.port()), Some(8080));
+    let s = settings(&["--http-port", "0"], &[]).unwrap();
+    assert_eq!(s.http_addr.map(|a| a.port()), Some(0));
+    let s = settings(&["--http-port", "none"], &[]).unwrap();
+    assert_eq!(s.http_addr, None);
+    let error = parse(&["--http-port", "web"]).err().unwrap().to_string();
+    assert!(error.contains("--http-port"), "{error}");
+}

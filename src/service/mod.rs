@@ -7,7 +7,7 @@
 
 pub mod layer;
 pub mod status;
-mod streams;
+pub(crate) mod streams;
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
@@ -18,15 +18,12 @@ use tonic::{
 };
 
 use crate::{
-    api::{Call, ListRequest, Read, Registry},
+    api::{Call, Read, Registry},
     convert::{self, STALE_METADATA_KEY},
-    domain::{
-        query::{Strategy, decode_page_token, encode_page_token},
-        validate,
-    },
+    domain::validate,
     metrics::Metrics,
     pb::{self, service_registry_server::ServiceRegistry},
-    store::{NotifyCommand, Store},
+    store::Store,
 };
 
 /// A server-streaming response.
@@ -41,10 +38,7 @@ pub struct RegistryService<S> {
 impl<S: Store> RegistryService<S> {
     /// The service of `registry`; `metrics` counts aborted streams.
     pub fn new(registry: Arc<Registry<S>>, metrics: &Metrics) -> Self {
-        let streams = streams::StreamContext {
-            shutdown: registry.shutdown().clone(),
-            aborted: metrics.streams_aborted.clone(),
-        };
+        let streams = streams::StreamContext::new(registry.shutdown(), metrics);
         Self { registry, streams }
     }
 }
@@ -112,11 +106,7 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         let telemetry = req.telemetry.map(convert::telemetry).transpose()?;
         let call = call(&metadata, req.registration_token);
         let done = self.registry.heartbeat(&call, agent_id, telemetry).await?;
-        Ok(Response::new(pb::HeartbeatResponse {
-            status: done.agent.status as i32,
-            last_seen: done.agent.last_seen(),
-            expires_at: done.agent.expires_at(),
-        }))
+        Ok(Response::new(convert::heartbeat_response(&done)))
     }
 
     async fn deregister(
@@ -140,9 +130,8 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
             .registry
             .discover(&call(&metadata, String::new()), &query)
             .await?;
-        Ok(read_response(found, |agents| pb::DiscoverResponse {
-            agents: agents.iter().map(|a| pb::AgentInfo::from(&**a)).collect(),
-            ranked: query.strategy == Strategy::Ranked,
+        Ok(read_response(found, |agents| {
+            convert::discover_response(&query, &agents)
         }))
     }
 
@@ -166,31 +155,13 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
-        let filter = convert::filter(req.agent_type, req.filters)?;
-        let page_size = validate::page_size(req.page_size)?;
-        let after = match req.page_token.as_str() {
-            "" => None,
-            token => Some(decode_page_token(token, &filter)?),
-        };
-        let request = ListRequest {
-            filter,
-            page_size,
-            after,
-        };
+        let request = convert::list_request(req)?;
         let page = self
             .registry
             .list(&call(&metadata, String::new()), &request)
             .await?;
-        Ok(read_response(page, |page| pb::ListAgentsResponse {
-            agents: page
-                .agents
-                .iter()
-                .map(|a| pb::AgentInfo::from(&**a))
-                .collect(),
-            next_page_token: page
-                .next
-                .map(|key| encode_page_token(key, &request.filter))
-                .unwrap_or_default(),
+        Ok(read_response(page, |page| {
+            convert::list_response(&request, page)
         }))
     }
 
@@ -220,22 +191,12 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         request: Request<pb::NotifyAgentRequest>,
     ) -> Result<Response<pb::NotifyAgentResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
-        let cmd = NotifyCommand {
-            agent_id: validate::agent_id("agent_id", &req.agent_id)?,
-            kind: validate::notification_type(req.notification_type)?,
-            message: validate::message(req.message)?,
-            metadata: validate::metadata("metadata", req.metadata)?,
-        };
+        let cmd = convert::notify_command(req)?;
         let outcome = self
             .registry
             .notify(&call(&metadata, String::new()), cmd)
             .await?;
-        Ok(Response::new(pb::NotifyAgentResponse {
-            success: true,
-            error: String::new(),
-            notification_id: outcome.notification.id.to_string(),
-            delivered: outcome.delivered,
-        }))
+        Ok(Response::new(convert::notify_response(&outcome)))
     }
 
     type SubscribeNotificationsStream = ResponseStream<pb::AgentNotification>;

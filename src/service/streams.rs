@@ -33,6 +33,15 @@ pub struct StreamContext {
 }
 
 impl StreamContext {
+    /// The context of streams that end on `shutdown` and count their
+    /// aborts in `metrics`.
+    pub fn new(shutdown: &CancellationToken, metrics: &crate::metrics::Metrics) -> Self {
+        Self {
+            shutdown: shutdown.clone(),
+            aborted: metrics.streams_aborted.clone(),
+        }
+    }
+
     /// The next item of `source`, or the status the stream ends with.
     async fn next<T>(
         &self,

@@ -44,6 +44,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// Where its HTTP endpoint (/metrics, /healthz, /readyz) listens.
     pub metrics_addr: SocketAddr,
+    /// Where its HTTP/JSON API and console listen (`--http-port 0`).
+    pub http_addr: SocketAddr,
     /// The backend it runs on.
     pub backend: Backend,
     /// The Redis it owns (Backend::Redis started with [`TestServer::start`]).
@@ -90,6 +92,7 @@ impl TestServer {
         let server = Self {
             addr: running.grpc_addr(),
             metrics_addr: running.metrics_addr(),
+            http_addr: running.http_addr().expect("test servers run the HTTP API"),
             backend,
             redis: None,
             running: Some(running),
@@ -135,7 +138,8 @@ impl TestServer {
 }
 
 /// The settings of an in-process test server: test-friendly timings
-/// (`--removal-grace 1`, `--min-ttl 1`, default TTL 60 s) on ports 0, the
+/// (`--removal-grace 1`, `--min-ttl 1`, default TTL 60 s) on ports 0 (gRPC,
+/// metrics and the HTTP API), the
 /// memory store or the Redis at `redis_url`, then `extra` flags (they
 /// override the defaults).
 pub fn test_settings(redis_url: Option<&str>, extra: &[&str]) -> Settings {
@@ -146,6 +150,8 @@ pub fn test_settings(redis_url: Option<&str>, extra: &[&str]) -> Settings {
         "--port",
         "0",
         "--metrics-port",
+        "0",
+        "--http-port",
         "0",
         "--removal-grace",
         "1",
@@ -264,6 +270,8 @@ impl ReplicaProcess {
             "--port",
             &port.to_string(),
             "--metrics-port",
+            "0",
+            "--http-port",
             "0",
             "--removal-grace",
             "1",

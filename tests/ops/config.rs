@@ -64,7 +64,16 @@ async fn bad_config_exits_2(args: &[&str], env: &[(&str, &str)], names: &[&str])
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_configuration_exits_2_naming_the_setting() {
-    let ports = ["--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"];
+    let ports = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--http-port",
+        "0",
+    ];
     let with = |extra: &[&'static str]| -> Vec<&'static str> {
         ports.iter().chain(extra).copied().collect()
     };

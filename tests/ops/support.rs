@@ -180,6 +180,7 @@ pub const SETTING_ENVS: &[&str] = &[
     "SERVICE_REGISTRY_HOST",
     "SERVICE_REGISTRY_PORT",
     "METRICS_PORT",
+    "HTTP_PORT",
     "REGISTRY_STORE",
     "REDIS_URL",
     "REDIS_KEY_PREFIX",
@@ -224,6 +225,7 @@ impl Registry {
             .arg(grpc.port().to_string())
             .arg("--metrics-port")
             .arg(metrics.port().to_string())
+            .args(["--http-port", "0"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,0 +1,163 @@
+//! The HTTP/JSON door of the registry (BEHAVIOUR.md §12): each route decodes
+//! its request into the RPC's message ([`decode`]), runs the same decoder
+//! ([`crate::convert`]) and the same [`Registry`] operation as its RPC, and
+//! encodes the answer in the proto3 JSON mapping; errors become HTTP answers
+//! only in [`error`]. `GET /v1/watch` streams WatchAgents as Server-Sent
+//! Events; `/ui/` is the read-only console, served from assets compiled into
+//! the binary ([`console`]).
+//!
+//! Per-call metrics and spans come from one middleware keyed by the route's
+//! [`Rpc`], as the gRPC layer does, so HTTP calls count like RPCs.
+//!
+//! Depends on: api, convert, service (the watch stream and status mapping),
+//! metrics, pb, axum.
+
+mod console;
+pub mod decode;
+pub mod error;
+mod routes;
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Request, State},
+    http::StatusCode,
+    middleware::{self, Next},
+    response::Response,
+    routing::{MethodRouter, delete, get, post},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, field::Empty};
+
+use crate::{
+    api::Registry, domain::rpc::Rpc, metrics::Metrics, server::DRAIN_GRACE,
+    service::streams::StreamContext, store::Store,
+};
+use error::Outcome;
+
+/// What the routes share.
+pub struct Http<S> {
+    /// The registry the routes call.
+    registry: Arc<Registry<S>>,
+    /// Shutdown and the aborted-stream counter, for watch streams.
+    streams: StreamContext,
+}
+
+/// The router of every route of §12, over `registry`.
+pub fn router<S: Store>(registry: Arc<Registry<S>>, metrics: Arc<Metrics>) -> Router {
+    let state = Arc::new(Http {
+        streams: StreamContext::new(registry.shutdown(), &metrics),
+        registry,
+    });
+    let observed = |rpc: Rpc, route: MethodRouter<Arc<Http<S>>>| {
+        route.layer(middleware::from_fn_with_state(
+            Observer {
+                rpc,
+                metrics: metrics.clone(),
+            },
+            observe,
+        ))
+    };
+    Router::new()
+        .route(
+            "/v1/agents",
+            observed(Rpc::Register, post(routes::register::<S>))
+                .merge(observed(Rpc::ListAgents, get(routes::list::<S>))),
+        )
+        .route(
+            "/v1/agents/{id}",
+            observed(Rpc::GetAgent, get(routes::get_agent::<S>))
+                .merge(observed(Rpc::Deregister, delete(routes::deregister::<S>))),
+        )
+        .route(
+            "/v1/agents/{id}/heartbeat",
+            observed(Rpc::Heartbeat, post(routes::heartbeat::<S>)),
+        )
+        .route(
+            "/v1/agents/{id}/notifications",
+            observed(Rpc::NotifyAgent, post(routes::notify::<S>)),
+        )
+        .route(
+            "/v1/discover",
+            observed(Rpc::DiscoverAgents, get(routes::discover::<S>)),
+        )
+        .route(
+            "/v1/watch",
+            observed(Rpc::WatchAgents, get(routes::watch::<S>)),
+        )
+        .route("/v1/capabilities", get(routes::capabilities::<S>))
+        .route("/v1/openapi.json", get(console::openapi))
+        .merge(console::routes())
+        .fallback(routes::no_route)
+        .layer(DefaultBodyLimit::max(decode::MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves `router` on an already bound listener until `shutdown`, then
+/// lets calls in flight finish for at most [`DRAIN_GRACE`] (watch streams
+/// end at once: they follow the shutdown token). Generic over the
+/// listener, so a TLS acceptor can wrap the TCP one.
+pub async fn serve<L>(listener: L, router: Router, shutdown: CancellationToken)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let server =
+        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let drain_deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_GRACE).await;
+    };
+    tokio::select! {
+        result = server => {
+            if let Err(error) = result {
+                tracing::error!(%error, "HTTP API server failed");
+            }
+        }
+        _ = drain_deadline => {
+            tracing::warn!(grace = ?DRAIN_GRACE, "HTTP calls still running after the drain grace; stopping anyway");
+        }
+    }
+}
+
+/// What the per-call middleware needs.
+#[derive(Clone)]
+struct Observer {
+    rpc: Rpc,
+    metrics: Arc<Metrics>,
+}
+
+/// Runs one call in its `call` span and records its latency and result
+/// (the [`Outcome`] an error answer leaves, else `ok`; a watch counts when
+/// its stream starts, as on gRPC). A 405 (no such method on the route) is
+/// not a call and is not counted.
+async fn observe(State(observer): State<Observer>, request: Request, next: Next) -> Response {
+    let span = tracing::info_span!(
+        "call",
+        rpc = observer.rpc.name(),
+        transport = "http",
+        agent_id = Empty,
+        code = Empty,
+        duration_ms = Empty
+    );
+    let started = Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status();
+    let result = match response.extensions().get::<Outcome>() {
+        Some(outcome) => outcome.0,
+        // A method the route does not have: no call of its RPC happened.
+        None if status == StatusCode::METHOD_NOT_ALLOWED => return response,
+        None if status.is_success() => "ok",
+        None if status.is_client_error() => "INVALID_ARGUMENT",
+        None => "INTERNAL",
+    };
+    observer
+        .metrics
+        .observe_call(observer.rpc, result, elapsed.as_secs_f64());
+    span.record("code", result);
+    span.record("duration_ms", elapsed.as_secs_f64() * 1e3);
+    tracing::debug!(parent: &span, "call finished");
+    response
+}
