@@ -85,7 +85,9 @@ impl From<tonic::Status> for ApiError {
 pub fn http_status(code: Code, body_too_large: bool) -> StatusCode {
     match code {
         Code::Ok => StatusCode::OK,
-        Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        // A resume point the history no longer reaches: the client's to fix
+        // (take a snapshot), as grpc-gateway maps it.
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
         Code::Unauthenticated => StatusCode::UNAUTHORIZED,
         Code::PermissionDenied => StatusCode::FORBIDDEN,
         Code::NotFound => StatusCode::NOT_FOUND,

@@ -200,26 +200,15 @@ pub async fn watch<S: Store>(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Answer {
-    let mut req = decode::watch_request(query.as_deref())?;
-    if req.start_revision > 0 {
-        // TODO(issue 11): resume; api::Registry::watch cannot replay yet.
-        return Err(ApiError::invalid(
-            "start_revision",
-            "resuming a watch is not supported by this registry yet; watch with snapshot=true",
-        ));
-    }
-    let selection = convert::watch_selection(&mut req)?;
-    let watch = http
+    let request = convert::watch_request(decode::watch_request(query.as_deref())?)?;
+    let snapshot = request.snapshot;
+    let watching = http
         .registry
-        .watch(
-            &call(&headers, String::new()),
-            selection,
-            req.send_initial_snapshot,
-        )
+        .watch(&call(&headers, String::new()), request)
         .await?;
     let events = streams::watch(
-        watch,
-        req.send_initial_snapshot,
+        watching,
+        snapshot,
         http.registry.clock().clone(),
         http.streams.clone(),
     )

@@ -180,7 +180,7 @@ async fn malformed_bodies_and_parameters_are_400_naming_them(backend: Backend) {
         ("/v1/agents?zone=a&zone=b", "zone"),
         ("/v1/discover?max_results=-3", "max_results"),
         ("/v1/discover?strategy=BEST", "strategy"),
-        ("/v1/watch?start_revision=5", "start_revision"),
+        ("/v1/watch?start_revision=5&snapshot=true", "start_revision"),
         ("/v1/watch?snapshot=maybe", "snapshot"),
         ("/v1/watch?zone=eu", "zone"),
         ("/v1/agents/123", "agent_id"),

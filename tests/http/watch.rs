@@ -11,6 +11,7 @@ use crate::common::{Backend, TestServer, wait_until};
 behaviour_tests!(
     watch_streams_the_snapshot_then_live_events,
     watch_filters_by_capability_type_and_namespace,
+    watch_resumes_after_a_revision,
     watch_ends_with_an_error_event_on_shutdown,
     a_closed_event_stream_frees_its_watcher,
 );
@@ -84,6 +85,33 @@ async fn watch_filters_by_capability_type_and_namespace(backend: Backend) {
     let event = events.next().await.unwrap();
     assert_eq!(event.data["eventType"], "REGISTERED");
     assert_eq!(event.data["agent"]["agentId"], wanted);
+}
+
+/// `start_revision` resumes over SSE as over gRPC (BEHAVIOUR.md §11).
+async fn watch_resumes_after_a_revision(backend: Backend) {
+    let api = Api::start(backend).await;
+    api.register(&["a"], json!({})).await;
+    let mut events = api.events("/v1/watch?snapshot=true").await;
+    events.next().await.unwrap();
+    let synced = events.next().await.unwrap();
+    assert_eq!(synced.data["eventType"], "SYNCED");
+    let since = synced.data["revision"].as_str().unwrap().to_owned();
+    drop(events);
+    let (missed, _) = api.register(&["b"], json!({})).await;
+    let mut resumed = api
+        .events(&format!("/v1/watch?start_revision={since}"))
+        .await;
+    let replayed = resumed.next().await.unwrap();
+    assert_eq!(replayed.data["eventType"], "REGISTERED");
+    assert_eq!(replayed.data["agent"]["agentId"], missed);
+    let (live, _) = api.register(&["c"], json!({})).await;
+    assert_eq!(resumed.next().await.unwrap().data["agent"]["agentId"], live);
+    // Far behind a fresh history: answered at once, naming the oldest.
+    let message = api
+        .get("/v1/watch?start_revision=1")
+        .await
+        .error(400, "OUT_OF_RANGE");
+    assert!(message.contains("start_revision"), "{message}");
 }
 
 async fn watch_ends_with_an_error_event_on_shutdown(backend: Backend) {
