@@ -1,0 +1,477 @@
+//! BEHAVIOUR.md §8 on real topologies (processes of the test's own on
+//! loopback, `common::topology`): a primary + replica + three Sentinels, and
+//! a six-node Redis Cluster.
+//!
+//! - The behaviour suite's core (register, heartbeat, list, discover,
+//!   watch, notify) runs on both: a selected subset of `tests/behaviour/`,
+//!   because every test starts its own topology (one process per test under
+//!   nextest) and the whole suite on six-node clusters would take too long.
+//! - Failovers (SENTINEL FAILOVER, SIGKILL of the primary, SIGKILL of the
+//!   slot's primary): writes succeed again within 5 s of the promotion with
+//!   no registry restart, agents heartbeating throughout stay HEALTHY with
+//!   no STATUS_CHANGED/EXPIRED event, and what was written before is there.
+//! - `--redis-wait-replicas 1`: no acknowledged registration is lost when the
+//!   primary is SIGKILLed right after.
+//! - Two registry replicas on a cluster see each other's writes, watch
+//!   events and notifications (sharded pub/sub).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+/// Stands in for `common`'s macro in the behaviour files included below:
+/// instead of one test per backend, each behaviour becomes callable as
+/// `<module>::on::<name>(backend)` for the selected tests of this file.
+macro_rules! behaviour_tests {
+    ($($name:ident),* $(,)?) => {
+        #[allow(dead_code)]
+        pub(crate) mod on {
+            $(
+                pub(crate) async fn $name(backend: $crate::common::Backend) {
+                    super::$name(backend).await
+                }
+            )*
+        }
+    };
+}
+
+#[path = "behaviour/lifecycle.rs"]
+mod lifecycle;
+#[path = "behaviour/notify.rs"]
+mod notify;
+#[path = "behaviour/query.rs"]
+mod query;
+#[path = "behaviour/support.rs"]
+mod support;
+#[path = "behaviour/watch.rs"]
+mod watch;
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use agent_registry::pb::{
+    self, agent_change_event::EventType, service_registry_client::ServiceRegistryClient,
+};
+use common::{
+    Backend, TestServer, register_request,
+    topology::{ClusterTopology, SentinelTopology},
+    try_watch_synced, wait_until,
+};
+use tonic::transport::Channel;
+
+/// Runs the selected behaviour tests on the Sentinel and Cluster backends.
+macro_rules! core_suite {
+    ($($module:ident :: $name:ident),* $(,)?) => {
+        mod sentinel {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::$module::on::$name(crate::common::Backend::Sentinel).await
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::$module::on::$name(crate::common::Backend::Cluster).await
+                }
+            )*
+        }
+    };
+}
+
+core_suite! {
+    lifecycle::reregister_with_id_and_token_replaces_the_agent_in_place,
+    lifecycle::heartbeat_advances_last_seen_and_expires_at,
+    lifecycle::deregister_removes_the_agent,
+    query::list_filters_by_agent_type_and_zero_means_any,
+    query::discover_requires_all_requested_capabilities,
+    watch::watch_reports_each_change_with_the_full_agent_and_increasing_revisions,
+    watch::a_snapshot_watch_sends_every_matching_agent_then_synced_then_live_changes,
+    notify::a_live_notification_reaches_an_open_subscription,
+    notify::notifications_are_numbered_per_agent_and_report_delivery,
+}
+
+// === failover scenarios ===
+
+/// An agent of the scenario: id and token.
+#[derive(Clone)]
+struct Agent {
+    id: String,
+    token: String,
+}
+
+async fn register(client: &mut ServiceRegistryClient<Channel>, ttl: i32) -> Agent {
+    let mut request = register_request(&["failover"]);
+    request.ttl_seconds = ttl;
+    let reply = tokio::time::timeout(Duration::from_secs(3), client.register(request))
+        .await
+        .expect("register answers")
+        .expect("register succeeds")
+        .into_inner();
+    Agent {
+        id: reply.agent_id,
+        token: reply.registration_token,
+    }
+}
+
+/// Heartbeats every agent once a second until `stop`; the agents must
+/// never be told NOT_FOUND (their records survive the failover).
+fn heartbeat_throughout(
+    endpoint: String,
+    agents: Vec<Agent>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut client = ServiceRegistryClient::connect(endpoint).await.unwrap();
+        for _ in 0..600 {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            for agent in &agents {
+                let request = pb::HeartbeatRequest {
+                    agent_id: agent.id.clone(),
+                    registration_token: agent.token.clone(),
+                    ..Default::default()
+                };
+                let call = tokio::time::timeout(Duration::from_secs(3), client.heartbeat(request));
+                if let Ok(Err(status)) = call.await {
+                    assert_ne!(
+                        status.code(),
+                        tonic::Code::NotFound,
+                        "agent {} lost: {status:?}",
+                        agent.id
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
+/// Watches everything until `stop`, reopening the watch whenever it ends
+/// (a failover ends it with ABORTED: the feed was lost). Returns every
+/// event type seen for `ids`, snapshots included.
+fn watch_throughout(
+    endpoint: String,
+    ids: HashSet<String>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(EventType, String, i32)>> {
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut client = ServiceRegistryClient::connect(endpoint).await.unwrap();
+        for _ in 0..1000 {
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
+            let Ok((mut stream, snapshot)) = try_watch_synced(&mut client).await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            for event in snapshot {
+                let agent = event.agent.clone().unwrap_or_default();
+                if ids.contains(&agent.agent_id) {
+                    seen.push((EventType::Snapshot, agent.agent_id, agent.status));
+                }
+            }
+            while !stop.load(Ordering::Acquire) {
+                match tokio::time::timeout(Duration::from_millis(200), stream.message()).await {
+                    Err(_) => continue,
+                    Ok(Ok(Some(event))) => {
+                        let agent = event.agent.clone().unwrap_or_default();
+                        if ids.contains(&agent.agent_id) {
+                            let kind = EventType::try_from(event.event_type).unwrap();
+                            seen.push((kind, agent.agent_id, agent.status));
+                        }
+                    }
+                    Ok(_) => break, // ended (ABORTED on feed loss): reopen
+                }
+            }
+        }
+        seen
+    })
+}
+
+/// Registers until it succeeds (each attempt bounded); returns when.
+async fn first_successful_write(client: &mut ServiceRegistryClient<Channel>) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let call = tokio::time::timeout(
+            Duration::from_secs(3),
+            client.register(register_request(&["after-failover"])),
+        );
+        if let Ok(Ok(_)) = call.await {
+            return Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no write succeeded within 30 s of the failover");
+}
+
+/// What a failover scenario measured.
+struct Measured {
+    promotion: Duration,
+    recovery_after_promotion: Duration,
+}
+
+/// The common scenario: five agents with a 3 s TTL heartbeat throughout
+/// while `failover` runs (it returns once the new primary is promoted);
+/// writes must succeed within 5 s of the promotion; afterwards every agent
+/// is HEALTHY, none ever went STATUS_CHANGED or EXPIRED, and an agent
+/// registered before (not heartbeating, long TTL) is still there.
+async fn survives_failover<F, Fut>(server: &TestServer, failover: F) -> Measured
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut client = server.client().await;
+    let mut agents = Vec::new();
+    for _ in 0..5 {
+        agents.push(register(&mut client, 3).await);
+    }
+    let keeper = register(&mut client, 600).await;
+    let ids: HashSet<String> = agents.iter().map(|a| a.id.clone()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let heartbeats = heartbeat_throughout(server.endpoint(), agents.clone(), stop.clone());
+    let watcher = watch_throughout(server.endpoint(), ids.clone(), stop.clone());
+    // Let a few heartbeats and the watch settle first.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let started = Instant::now();
+    failover().await;
+    let promoted = Instant::now();
+    let recovered = first_successful_write(&mut client).await;
+    let measured = Measured {
+        promotion: promoted - started,
+        recovery_after_promotion: recovered.saturating_duration_since(promoted),
+    };
+    eprintln!(
+        "failover: promotion after {:?}, writes again {:?} after the promotion",
+        measured.promotion, measured.recovery_after_promotion
+    );
+    assert!(
+        measured.recovery_after_promotion <= Duration::from_secs(5),
+        "writes came back {:?} after the promotion",
+        measured.recovery_after_promotion
+    );
+
+    // Past a whole TTL after the failover: nobody may have expired.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Release);
+    heartbeats.await.unwrap();
+    let seen = watcher.await.unwrap();
+    for (kind, id, _) in &seen {
+        assert!(
+            !matches!(
+                kind,
+                EventType::StatusChanged | EventType::Expired | EventType::Deregistered
+            ),
+            "{kind:?} for {id} during the failover: {seen:?}"
+        );
+    }
+    let healthy = pb::AgentStatus::Healthy as i32;
+    for (kind, id, status) in &seen {
+        assert_eq!(*status, healthy, "{kind:?} of {id} not HEALTHY: {seen:?}");
+    }
+    for id in ids.iter().chain([&keeper.id]) {
+        let agent = client
+            .get_agent(pb::GetAgentRequest {
+                agent_id: id.clone(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("{id} lost in the failover: {s:?}"))
+            .into_inner()
+            .agent
+            .unwrap();
+        assert_eq!(agent.status, healthy, "{id}");
+    }
+    measured
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_by_command_keeps_writes_agents_and_data() {
+    let server = TestServer::start(Backend::Sentinel).await;
+    let topology = server.sentinel.as_ref().unwrap();
+    let old = topology.primary_port().await.unwrap();
+    survives_failover(&server, || async {
+        let _: String = topology.sentinels[0]
+            .query(redis::cmd("SENTINEL").arg("FAILOVER").arg("mymaster"))
+            .await
+            .expect("SENTINEL FAILOVER accepted");
+        topology.wait_promotion(old).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_after_sigkill_of_the_primary_keeps_writes_agents_and_data() {
+    let mut server = TestServer::start(Backend::Sentinel).await;
+    let mut topology = server.sentinel.take().unwrap();
+    let old = topology.primary_port().await.unwrap();
+    let index = topology.primary_index().await;
+    survives_failover(&server, || async {
+        topology.data[index].kill();
+        topology.wait_promotion(old).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_failover_after_sigkill_of_the_slots_primary_keeps_writes_agents_and_data() {
+    let mut server = TestServer::start(Backend::Cluster).await;
+    let mut cluster = server.cluster.take().unwrap();
+    let index = cluster.registry_primary().await;
+    let old = cluster.nodes[index].port;
+    survives_failover(&server, || async {
+        cluster.nodes[index].kill();
+        cluster.wait_promotion(old).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_replicas_no_acknowledged_registration_is_lost_to_a_sigkill() {
+    let mut topology = SentinelTopology::start().await;
+    let server = TestServer::on_store(
+        Backend::Sentinel,
+        &topology.store_args(),
+        &["--redis-wait-replicas", "1"],
+    )
+    .await;
+    let mut client = server.client().await;
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        ids.push(register(&mut client, 600).await.id);
+    }
+    let old = topology.primary_port().await.unwrap();
+    let index = topology.primary_index().await;
+    topology.data[index].kill();
+    let promoted = topology.wait_promotion(old).await;
+    let count: usize = topology.data[promoted]
+        .query(redis::cmd("SCARD").arg("{registry}:agents"))
+        .await
+        .unwrap();
+    assert_eq!(count, 200, "acknowledged registrations lost");
+    first_successful_write(&mut client).await;
+    for id in &ids {
+        wait_until(
+            Duration::from_secs(10),
+            "registry reads the new primary",
+            || {
+                let mut client = client.clone();
+                let id = id.clone();
+                async move {
+                    client
+                        .get_agent(pb::GetAgentRequest { agent_id: id })
+                        .await
+                        .is_ok()
+                }
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_a_cluster_see_each_others_writes_watch_events_and_notifications() {
+    let cluster = ClusterTopology::start().await;
+    let a = TestServer::on_store(Backend::Cluster, &cluster.store_args(), &[]).await;
+    let b = TestServer::on_store(Backend::Cluster, &cluster.store_args(), &[]).await;
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let (mut watch_b, _) = common::watch_synced(&mut cb).await;
+
+    let agent = register(&mut ca, 60).await;
+    let event = tokio::time::timeout(Duration::from_secs(5), watch_b.message())
+        .await
+        .expect("B's watch sees A's write")
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.event_type, EventType::Registered as i32);
+    assert_eq!(event.agent.unwrap().agent_id, agent.id);
+    let read = cb
+        .get_agent(pb::GetAgentRequest {
+            agent_id: agent.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.agent.unwrap().agent_id, agent.id);
+
+    // A subscriber on A, a notification through B.
+    let mut request = tonic::Request::new(pb::SubscribeNotificationsRequest {
+        agent_id: agent.id.clone(),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("x-registration-token", agent.token.parse().unwrap());
+    let mut notifications = ca
+        .subscribe_notifications(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut delivered = false;
+    for _ in 0..50 {
+        let reply = cb
+            .notify_agent(pb::NotifyAgentRequest {
+                agent_id: agent.id.clone(),
+                notification_type: "task".into(),
+                message: "hello".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if reply.delivered {
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(delivered, "the subscriber on A never counted as a receiver");
+    let got = tokio::time::timeout(Duration::from_secs(5), notifications.message())
+        .await
+        .expect("A's subscriber gets B's notification")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.message, "hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_nodes_that_are_not_a_cluster_are_one_plain_redis() {
+    let redis = common::RedisProcess::start().await;
+    let store = vec![
+        "--store".to_owned(),
+        "redis".to_owned(),
+        "--redis-cluster-nodes".to_owned(),
+        format!("127.0.0.1:{},127.0.0.1:1", redis.port),
+    ];
+    let server = TestServer::on_store(Backend::Redis, &store, &[]).await;
+    let mut client = server.client().await;
+    let agent = register(&mut client, 60).await;
+    let mut conn = redis.connection().await;
+    let count: usize = redis::cmd("SCARD")
+        .arg("{registry}:agents")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(count, 1, "the agent {} is in the plain Redis", agent.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_start_up_times() {
+    let started = Instant::now();
+    let sentinel = SentinelTopology::start().await;
+    let sentinel_up = started.elapsed();
+    let started = Instant::now();
+    let cluster = ClusterTopology::start().await;
+    let cluster_up = started.elapsed();
+    eprintln!("start-up: Sentinel topology {sentinel_up:?}, cluster {cluster_up:?}");
+    drop((sentinel, cluster));
+}
