@@ -227,7 +227,9 @@ impl fmt::Debug for Topology {
 enum Mode {
     /// One Redis by URL (also a non-cluster's first seed).
     Direct {
-        client: redis::Client,
+        /// For snapshots' own connections.
+        client: Box<redis::Client>,
+        /// For every other call.
         pool: deadpool_redis::Pool,
     },
     /// A Sentinel-resolved primary.
@@ -266,7 +268,10 @@ fn direct(url: &str, response: Duration) -> std::result::Result<Mode, redis::Red
         .runtime(Runtime::Tokio1)
         .build()
         .map_err(|e| config_error("pool", e))?;
-    Ok(Mode::Direct { client, pool })
+    Ok(Mode::Direct {
+        client: Box::new(client),
+        pool,
+    })
 }
 
 fn sentinel_client(
