@@ -670,6 +670,145 @@ mod tests {
     }
 
     #[test]
+    fn every_pair_of_topologies_is_refused_naming_the_first() {
+        for (args, first) in [
+            (
+                &["--redis-url", "redis://a:1", "--redis-sentinels", "b:1"][..],
+                "--redis-url",
+            ),
+            (
+                &["--redis-sentinels", "b:1", "--redis-cluster-nodes", "c:1"][..],
+                "--redis-sentinels",
+            ),
+            (
+                &[
+                    "--redis-url",
+                    "redis://a:1",
+                    "--redis-sentinels",
+                    "b:1",
+                    "--redis-cluster-nodes",
+                    "c:1",
+                ][..],
+                "--redis-url",
+            ),
+        ] {
+            let err = settings(args, &[]).unwrap_err();
+            assert!(err.to_string().starts_with(first), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn sentinels_resolve_the_named_master_with_their_own_password() {
+        let s = settings(
+            &[
+                "--redis-sentinels",
+                "s-0:26379, s-1:26379",
+                "--redis-sentinel-master",
+                "registry-primary",
+                "--redis-sentinel-password",
+                "sent:pw",
+                "--redis-username",
+                "app",
+                "--redis-password",
+                "data-pw",
+                "--redis-tls",
+                "true",
+                "--redis-wait-replicas",
+                "1",
+            ],
+            &[],
+        )
+        .unwrap();
+        let StoreSettings::Redis { wait_replicas, .. } = &s.store else {
+            panic!("memory store");
+        };
+        assert_eq!(*wait_replicas, 1);
+        assert_eq!(
+            topology(&s),
+            &RedisTopology::Sentinel {
+                sentinels: vec![
+                    "rediss://:sent%3Apw@s-0:26379".into(),
+                    "rediss://:sent%3Apw@s-1:26379".into(),
+                ],
+                master: "registry-primary".into(),
+                username: Some("app".into()),
+                password: Some("data-pw".into()),
+                tls: true,
+            }
+        );
+        let logged = format!("{s:?}");
+        assert!(
+            !logged.contains("sent%3Apw") && !logged.contains("data-pw"),
+            "{logged}"
+        );
+        assert!(logged.contains("registry-primary"), "{logged}");
+    }
+
+    #[test]
+    fn sentinel_defaults_and_auto() {
+        let s = settings(&["--redis-sentinels", "127.0.0.1:26379"], &[]).unwrap();
+        assert_eq!(
+            topology(&s),
+            &RedisTopology::Sentinel {
+                sentinels: vec!["redis://127.0.0.1:26379".into()],
+                master: "mymaster".into(),
+                username: None,
+                password: None,
+                tls: false,
+            },
+            "auto picks redis; the master is mymaster; no TLS"
+        );
+        let StoreSettings::Redis { wait_replicas, .. } = &s.store else {
+            panic!("memory store");
+        };
+        assert_eq!(*wait_replicas, 0);
+    }
+
+    #[test]
+    fn cluster_nodes_take_tls_and_keep_every_seed() {
+        let s = settings(
+            &[
+                "--redis-cluster-nodes",
+                "a:7000,b:7001,rediss://c:7002",
+                "--redis-tls",
+                "true",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            topology(&s),
+            &RedisTopology::Cluster(vec![
+                "rediss://a:7000".into(),
+                "rediss://b:7001".into(),
+                "rediss://c:7002".into(),
+            ])
+        );
+    }
+
+    #[test]
+    fn bad_topology_values_name_their_setting() {
+        let err = settings(&["--redis-sentinels", "s-0"], &[]).unwrap_err();
+        assert!(err.to_string().starts_with("--redis-sentinels"), "{err}");
+        let err = settings(&["--redis-cluster-nodes", "a:1,nope"], &[]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("--redis-cluster-nodes"),
+            "{err}"
+        );
+        let err = settings(
+            &["--redis-sentinels", "s:1", "--redis-sentinel-master", " "],
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("--redis-sentinel-master"),
+            "{err}"
+        );
+        assert!(parse(&["--redis-wait-replicas", "-1"]).is_err());
+        assert!(parse(&["--redis-tls", "maybe"]).is_err());
+    }
+
+    #[test]
     fn bad_legacy_values_name_the_variable() {
         let err = settings(&[], &[("GRPC_PORT", "x")]).unwrap_err();
         assert!(err.to_string().starts_with("GRPC_PORT"));

@@ -869,3 +869,42 @@ impl FeedStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_script_has_a_plain_and_a_sharded_form() {
+        let lua = Lua::new("return redis.call(PUBLISH, KEYS[1], ARGV[1])");
+        assert!(lua.plain.code.starts_with("local PUBLISH = 'PUBLISH'\n"));
+        assert!(lua.sharded.code.starts_with("local PUBLISH = 'SPUBLISH'\n"));
+        assert_ne!(lua.plain.hash, lua.sharded.hash);
+        assert_eq!(
+            lua.plain.hash,
+            redis::Script::new(&lua.plain.code).get_hash()
+        );
+    }
+
+    #[test]
+    fn a_call_sends_its_keys_then_arguments_and_never_debugs_them() {
+        let lua = Lua::new("return 1");
+        let mut call = lua.prepare_invoke();
+        call.key("{r}:a").key("{r}:b").arg("secret-token").arg(7);
+        let cmd = call.command("EVALSHA", true, false);
+        let args: Vec<Vec<u8>> = cmd
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => b.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(args[0], b"EVALSHA");
+        assert_eq!(args[1], lua.sharded.hash.as_bytes());
+        assert_eq!(
+            &args[2..],
+            [&b"2"[..], b"{r}:a", b"{r}:b", b"secret-token", b"7"]
+        );
+        assert!(!format!("{call:?}").contains("secret"));
+    }
+}
