@@ -512,13 +512,33 @@ where
     calls as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The primary's CPU seconds (user + system) so far, and its script
+/// statistics since the last reset.
+async fn primary_cost(primary: &common::topology::Node) -> (f64, String) {
+    let cpu = primary.info("cpu").await;
+    let seconds = cpu
+        .lines()
+        .filter(|l| l.starts_with("used_cpu_user:") || l.starts_with("used_cpu_sys:"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .sum();
+    let stats = primary.info("commandstats").await;
+    let evalsha = stats
+        .lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .unwrap_or("none")
+        .to_owned();
+    (seconds, evalsha)
+}
+
 /// Registers 2 000 agents and heartbeats them 10 000 times through one
-/// registry, then reads what the primary spent per script (`INFO
-/// commandstats`): the write capacity of one primary is about
-/// 1 s / (that cost + Redis' per-command I/O).
+/// registry, and reads what the primary spent per call: its CPU time
+/// (`INFO cpu`, I/O included) and the script's own time (`INFO
+/// commandstats`). One primary core takes about 1 s / that CPU time.
 async fn measure(server: &TestServer, primary: &common::topology::Node, label: &str) {
     let agents = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = agents.clone();
+    let _: Option<String> = primary.query(redis::cmd("CONFIG").arg("RESETSTAT")).await;
+    let (cpu_before, _) = primary_cost(primary).await;
     let registers = drive(server, 2000, move |mut c, _| {
         let sink = sink.clone();
         async move {
@@ -527,6 +547,8 @@ async fn measure(server: &TestServer, primary: &common::topology::Node, label: &
         }
     })
     .await;
+    let (cpu_registered, register_stats) = primary_cost(primary).await;
+    let _: Option<String> = primary.query(redis::cmd("CONFIG").arg("RESETSTAT")).await;
     let agents: Arc<Vec<Agent>> = Arc::new(agents.lock().unwrap().clone());
     let heartbeats = drive(server, 10_000, move |mut c, i| {
         let agent = agents[i % agents.len()].clone();
@@ -541,14 +563,13 @@ async fn measure(server: &TestServer, primary: &common::topology::Node, label: &
         }
     })
     .await;
-    let stats = primary.info("commandstats").await;
-    let evalsha = stats
-        .lines()
-        .find(|l| l.starts_with("cmdstat_evalsha:"))
-        .unwrap_or("none");
+    let (cpu_heartbeats, heartbeat_stats) = primary_cost(primary).await;
     eprintln!(
-        "capacity[{label}]: {registers:.0} registers/s, {heartbeats:.0} heartbeats/s \
-         through one registry; primary: {evalsha}"
+        "capacity[{label}]: {registers:.0} registers/s, {heartbeats:.0} heartbeats/s through \
+         one registry; primary CPU per register {:.0} us ({register_stats}), per heartbeat \
+         {:.0} us ({heartbeat_stats})",
+        (cpu_registered - cpu_before) * 1e6 / 2000.0,
+        (cpu_heartbeats - cpu_registered) * 1e6 / 10_000.0,
     );
 }
 

@@ -5,12 +5,17 @@
 //!
 //! - **URL**: a `deadpool-redis` pool of multiplexed connections to it; the
 //!   feed is a pub/sub connection to it.
-//! - **Sentinel**: `deadpool-redis`' Sentinel pool, whose every new
-//!   connection asks any reachable Sentinel for the primary and verifies its
-//!   role (redis-rs' `SentinelClient`). A `READONLY`/`LOADING`/`MASTERDOWN`
-//!   answer, or a `+switch-master` announcement heard from a Sentinel, drops
-//!   every pooled connection and the feed's, so the next ones resolve again;
-//!   connections that fail are never put back.
+//! - **Sentinel**: redis-rs' `SentinelClient` asks any reachable Sentinel
+//!   for the primary and verifies its role; a `deadpool-redis` pool to that
+//!   primary serves every call until the primary must be resolved again:
+//!   when a connection to it fails or is refused, when it answers
+//!   `READONLY`/`LOADING`/`MASTERDOWN`, or when a Sentinel announces
+//!   `+switch-master` (the last two also end the feed's connection, which
+//!   resolves afresh at each reconnection). Connections that fail are never
+//!   put back. (`deadpool-redis`' own Sentinel pool resolves the primary for
+//!   every new connection, one at a time, under redis-rs' default 500 ms
+//!   reply bound: a burst of calls at start-up outwaited the pool, and WAIT
+//!   cannot block for 1 s under it.)
 //! - **Cluster**: redis-rs' cluster client, which follows `MOVED`/`ASK` and
 //!   refreshes its slot map after a failover. Every key shares one hash tag,
 //!   so every script runs on the slot's primary; scripts publish with
@@ -34,7 +39,7 @@ use std::{
     time::Duration,
 };
 
-use deadpool_redis::{Runtime, sentinel as dp_sentinel};
+use deadpool_redis::Runtime;
 use redis::{
     ToRedisArgs, Value,
     aio::{ConnectionLike, PubSubSink, PubSubStream},
@@ -233,7 +238,15 @@ enum Mode {
         pool: deadpool_redis::Pool,
     },
     /// A Sentinel-resolved primary.
-    Sentinel { pool: dp_sentinel::Pool },
+    Sentinel {
+        /// The pool to the primary last resolved, with its generation;
+        /// `None` until resolved, and again once it must be resolved anew.
+        current: std::sync::RwLock<Option<(u64, deadpool_redis::Pool)>>,
+        /// Numbers the resolutions.
+        generation: std::sync::atomic::AtomicU64,
+        /// Replies of pooled connections may take this long.
+        response_timeout: Duration,
+    },
     /// A Redis Cluster.
     Cluster {
         /// The command connection (multiplexed, shared by every call).
@@ -259,19 +272,26 @@ fn connection_config(response: Duration) -> redis::AsyncConnectionConfig {
 
 fn direct(url: &str, response: Duration) -> std::result::Result<Mode, redis::RedisError> {
     let client = redis::Client::open(url)?;
-    let manager = deadpool_redis::Manager::new_with_config(url, connection_config(response))?;
-    let pool = deadpool_redis::Pool::builder(manager)
+    let pool = pool_for(url, response)?;
+    Ok(Mode::Direct {
+        client: Box::new(client),
+        pool,
+    })
+}
+
+fn pool_for(
+    target: impl redis::IntoConnectionInfo,
+    response: Duration,
+) -> std::result::Result<deadpool_redis::Pool, redis::RedisError> {
+    let manager = deadpool_redis::Manager::new_with_config(target, connection_config(response))?;
+    deadpool_redis::Pool::builder(manager)
         .max_size(POOL_SIZE)
         .wait_timeout(Some(POOL_WAIT))
         .create_timeout(Some(CONNECT_TIMEOUT))
         .recycle_timeout(Some(CONNECT_TIMEOUT))
         .runtime(Runtime::Tokio1)
         .build()
-        .map_err(|e| config_error("pool", e))?;
-    Ok(Mode::Direct {
-        client: Box::new(client),
-        pool,
-    })
+        .map_err(|e| config_error("pool", e))
 }
 
 fn sentinel_client(
@@ -334,34 +354,14 @@ impl Topology {
     ) -> std::result::Result<Self, redis::RedisError> {
         let (mode, sentinel) = match &endpoints {
             Endpoints::Url(url) => (Some(direct(url, response_timeout)?), None),
-            Endpoints::Sentinel(s) => {
-                let manager = dp_sentinel::Manager::new(
-                    s.sentinels.clone(),
-                    s.master.clone(),
-                    Some(dp_sentinel::SentinelNodeConnectionInfo {
-                        tls_mode: s.tls.then_some(dp_sentinel::TlsMode::Secure),
-                        redis_connection_info: Some(deadpool_redis::RedisConnectionInfo {
-                            db: 0,
-                            username: s.username.clone(),
-                            password: s.password.clone(),
-                            protocol: deadpool_redis::ProtocolVersion::RESP2,
-                        }),
-                    }),
-                    dp_sentinel::SentinelServerType::Master,
-                )?;
-                let pool = dp_sentinel::Pool::builder(manager)
-                    .max_size(POOL_SIZE)
-                    .wait_timeout(Some(POOL_WAIT))
-                    .create_timeout(Some(CONNECT_TIMEOUT))
-                    .recycle_timeout(Some(CONNECT_TIMEOUT))
-                    .runtime(Runtime::Tokio1)
-                    .build()
-                    .map_err(|e| config_error("sentinel pool", e))?;
-                (
-                    Some(Mode::Sentinel { pool }),
-                    Some(Mutex::new(sentinel_client(s)?)),
-                )
-            }
+            Endpoints::Sentinel(s) => (
+                Some(Mode::Sentinel {
+                    current: std::sync::RwLock::new(None),
+                    generation: std::sync::atomic::AtomicU64::new(0),
+                    response_timeout,
+                }),
+                Some(Mutex::new(sentinel_client(s)?)),
+            ),
             Endpoints::Cluster(nodes) => {
                 // Parse now, so a bad address is a start-up error.
                 cluster_builder(nodes).build()?;
@@ -450,17 +450,33 @@ impl Topology {
                 }
                 result.map_err(super::classify)
             }
-            Mode::Sentinel { pool } => {
-                let mut conn = pool.get().await.map_err(|e| unavailable(e.to_string()))?;
-                conn.set_response_timeout(response_timeout);
+            Mode::Sentinel { .. } => {
+                let (generation, pool) = self.sentinel_pool().await?;
+                let mut conn = match pool.get().await {
+                    Ok(conn) => conn,
+                    Err(error) => {
+                        // No new connection to the primary we knew: it
+                        // may be gone, ask the Sentinels (merely waiting
+                        // for a busy pool says nothing about the primary).
+                        if !matches!(
+                            error,
+                            deadpool_redis::PoolError::Timeout(deadpool_redis::TimeoutType::Wait)
+                        ) {
+                            self.forget(generation);
+                        }
+                        return Err(unavailable(error.to_string()));
+                    }
+                };
                 let result = run_on(&mut *conn, call, false, wait).await;
                 if let Err(error) = &result {
                     if not_primary(error) {
                         tracing::warn!(error = %error, "Redis answered as a replica: resolving the primary again");
                         self.switched();
+                    } else if error.is_connection_refusal() || error.is_connection_dropped() {
+                        self.forget(generation);
                     }
                     if broken(error) {
-                        drop(dp_sentinel::Connection::take(conn));
+                        drop(deadpool_redis::Connection::take(conn));
                     }
                 }
                 result.map_err(super::classify)
@@ -536,10 +552,61 @@ impl Topology {
             .map_err(super::classify)
     }
 
+    /// The pool to the primary the Sentinels name (and whose role the
+    /// crate verified), resolving it first when none is current. One
+    /// resolution serves every connection until [`Topology::forget`].
+    async fn sentinel_pool(&self) -> Result<(u64, deadpool_redis::Pool)> {
+        let Some(Mode::Sentinel {
+            current,
+            generation,
+            response_timeout,
+        }) = self.mode.get()
+        else {
+            return Err(unavailable("not a Sentinel topology"));
+        };
+        let known = || current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(known) = known() {
+            return Ok(known);
+        }
+        let sentinel = self
+            .sentinel
+            .as_ref()
+            .ok_or_else(|| unavailable("not a Sentinel topology"))?;
+        // One resolution at a time: the others wait for its result.
+        let mut sentinel = sentinel.lock().await;
+        if let Some(known) = known() {
+            return Ok(known);
+        }
+        let client = tokio::time::timeout(CONNECT_TIMEOUT, sentinel.async_get_client())
+            .await
+            .map_err(|_| unavailable("no Sentinel named a primary in time"))?
+            .map_err(super::classify)?;
+        let pool = pool_for(client.get_connection_info().clone(), *response_timeout)
+            .map_err(super::classify)?;
+        let resolved = (generation.fetch_add(1, Ordering::AcqRel) + 1, pool);
+        *current.write().unwrap_or_else(|p| p.into_inner()) = Some(resolved.clone());
+        tracing::info!(
+            primary = %client.get_connection_info().addr(),
+            "primary resolved through Sentinel"
+        );
+        Ok(resolved)
+    }
+
+    /// The pool of resolution `generation` may point at a primary that is
+    /// gone: the next call resolves again (a later resolution is kept).
+    fn forget(&self, generation: u64) {
+        if let Some(Mode::Sentinel { current, .. }) = self.mode.get() {
+            let mut current = current.write().unwrap_or_else(|p| p.into_inner());
+            if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+                *current = None;
+            }
+        }
+    }
+
     /// Every connection must find the primary again.
     fn switched(&self) {
-        if let Some(Mode::Sentinel { pool }) = self.mode.get() {
-            pool.retain(|_, _| false);
+        if let Some(Mode::Sentinel { current, .. }) = self.mode.get() {
+            *current.write().unwrap_or_else(|p| p.into_inner()) = None;
         }
         self.switches.send_modify(|n| *n += 1);
     }
