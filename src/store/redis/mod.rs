@@ -275,7 +275,7 @@ impl RedisStore {
     }
 
     async fn invoke_with(&self, invocation: Call<'_>, durability: Durability) -> Result<Value> {
-        let call = self.topology.run(&invocation, durability, COMMAND_TIMEOUT);
+        let call = self.topology.run(&invocation, durability);
         let result = match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
             Ok(result) => result,
             Err(_) => Err(unavailable("Redis did not answer in time")),
@@ -535,9 +535,7 @@ impl Store for RedisStore {
         // A snapshot of a large registry is one big reply (about 0.5 KB per
         // agent): give it its own connection and a bound of its own, so it
         // is never cut off by the per-call timeout meant for clients.
-        let snapshot = self
-            .topology
-            .run_long(&invocation, SNAPSHOT_TIMEOUT, COMMAND_TIMEOUT);
+        let snapshot = self.topology.run_long(&invocation, SNAPSHOT_TIMEOUT);
         let reply = match tokio::time::timeout(SNAPSHOT_TIMEOUT, snapshot).await {
             Ok(reply) => reply,
             Err(_) => Err(unavailable("snapshot did not arrive in time")),

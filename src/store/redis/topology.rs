@@ -211,6 +211,8 @@ pub struct Topology {
     /// they are a cluster); known at once for the other topologies.
     mode: OnceCell<Mode>,
     wait_replicas: u32,
+    /// How long a command's reply may take on the command connections.
+    response_timeout: Duration,
     /// For the feed and snapshots of a Sentinel topology: resolves the
     /// primary on every connection.
     sentinel: Option<Mutex<SentinelClient>>,
@@ -244,8 +246,6 @@ enum Mode {
         current: std::sync::RwLock<Option<(u64, deadpool_redis::Pool)>>,
         /// Numbers the resolutions.
         generation: std::sync::atomic::AtomicU64,
-        /// Replies of pooled connections may take this long.
-        response_timeout: Duration,
     },
     /// A Redis Cluster.
     Cluster {
@@ -358,7 +358,6 @@ impl Topology {
                 Some(Mode::Sentinel {
                     current: std::sync::RwLock::new(None),
                     generation: std::sync::atomic::AtomicU64::new(0),
-                    response_timeout,
                 }),
                 Some(Mutex::new(sentinel_client(s)?)),
             ),
@@ -373,12 +372,14 @@ impl Topology {
             endpoints,
             mode: OnceCell::new_with(mode),
             wait_replicas,
+            response_timeout,
             sentinel,
             switches,
         })
     }
 
-    async fn mode(&self, response_timeout: Duration) -> Result<&Mode> {
+    async fn mode(&self) -> Result<&Mode> {
+        let response_timeout = self.response_timeout;
         let Endpoints::Cluster(nodes) = &self.endpoints else {
             return self
                 .mode
@@ -428,17 +429,12 @@ impl Topology {
     /// # Errors
     /// `Unavailable` when Redis cannot be reached or did not take the write
     /// (or too few replicas acknowledged it); `Internal` for a bug.
-    pub async fn run(
-        &self,
-        call: &Call<'_>,
-        durability: Durability,
-        response_timeout: Duration,
-    ) -> Result<Value> {
+    pub async fn run(&self, call: &Call<'_>, durability: Durability) -> Result<Value> {
         let wait = match durability {
             Durability::Acknowledged if self.wait_replicas > 0 => Some(self.wait_replicas),
             _ => None,
         };
-        match self.mode(response_timeout).await? {
+        match self.mode().await? {
             Mode::Direct { pool, .. } => {
                 let mut conn = pool.get().await.map_err(|e| unavailable(e.to_string()))?;
                 let result = run_on(&mut *conn, call, false, wait).await;
@@ -495,14 +491,9 @@ impl Topology {
     ///
     /// # Errors
     /// As [`Topology::run`].
-    pub async fn run_long(
-        &self,
-        call: &Call<'_>,
-        response_timeout: Duration,
-        short_timeout: Duration,
-    ) -> Result<Value> {
+    pub async fn run_long(&self, call: &Call<'_>, response_timeout: Duration) -> Result<Value> {
         let config = connection_config(response_timeout);
-        match self.mode(short_timeout).await? {
+        match self.mode().await? {
             Mode::Direct { client, .. } => {
                 let mut conn = client
                     .get_multiplexed_async_connection_with_config(&config)
@@ -559,7 +550,6 @@ impl Topology {
         let Some(Mode::Sentinel {
             current,
             generation,
-            response_timeout,
         }) = self.mode.get()
         else {
             return Err(unavailable("not a Sentinel topology"));
@@ -581,7 +571,7 @@ impl Topology {
             .await
             .map_err(|_| unavailable("no Sentinel named a primary in time"))?
             .map_err(super::classify)?;
-        let pool = pool_for(client.get_connection_info().clone(), *response_timeout)
+        let pool = pool_for(client.get_connection_info().clone(), self.response_timeout)
             .map_err(super::classify)?;
         let resolved = (generation.fetch_add(1, Ordering::AcqRel) + 1, pool);
         *current.write().unwrap_or_else(|p| p.into_inner()) = Some(resolved.clone());
@@ -618,7 +608,7 @@ impl Topology {
     /// `Unavailable` when it cannot be reached.
     pub async fn feed(&self, response_timeout: Duration) -> Result<FeedConnection> {
         let switches = self.switches.subscribe();
-        let (sink, stream) = match self.mode(response_timeout).await? {
+        let (sink, stream) = match self.mode().await? {
             Mode::Direct { client, .. } => {
                 let (sink, stream) = pubsub(client).await?;
                 (FeedSink::Plain(sink), FeedStream::Plain(stream))
@@ -708,7 +698,12 @@ impl Topology {
             .as_ref()
             .ok_or_else(|| unavailable("not a Sentinel topology"))?;
         let connect = async {
-            let client = sentinel.lock().await.async_get_sentinel_client().await?;
+            // The lock only for choosing the Sentinel: resolutions of the
+            // primary must not wait for this subscription.
+            let client = {
+                let mut sentinel = sentinel.lock().await;
+                sentinel.async_get_sentinel_client().await?
+            };
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe("+switch-master").await?;
             Ok::<_, redis::RedisError>(pubsub.into_on_message())
