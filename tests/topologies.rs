@@ -594,3 +594,29 @@ async fn measure_write_capacity() {
     let index = cluster.registry_primary().await;
     measure(&server, &cluster.nodes[index], "cluster").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_replica_that_is_not_there_is_unavailable_within_two_seconds() {
+    let redis = common::RedisProcess::start().await;
+    let server = TestServer::replica(&redis, &["--redis-wait-replicas", "1"]).await;
+    let mut client = server.client().await;
+    let started = Instant::now();
+    let refused = client
+        .register(register_request(&["unreplicated"]))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(2),
+        "WAIT should block about 1 s: {took:?}"
+    );
+    // The outcome is unknown to the client, but here the write was applied.
+    let mut conn = redis.connection().await;
+    let count: usize = redis::cmd("SCARD")
+        .arg("{registry}:agents")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+}

@@ -213,8 +213,8 @@ pub struct Topology {
     wait_replicas: u32,
     /// How long a command's reply may take on the command connections.
     response_timeout: Duration,
-    /// For the feed and snapshots of a Sentinel topology: resolves the
-    /// primary on every connection.
+    /// Asks the Sentinels (for the pool, the feed and snapshots) and picks
+    /// one to hear announcements from; `None` on other topologies.
     sentinel: Option<Mutex<SentinelClient>>,
     /// Bumped whenever every connection must find the primary again
     /// (Sentinel announced a switch, or a node answered as a replica): the
@@ -775,8 +775,10 @@ async fn attempt<C: ConnectionLike + Send>(
     pipe.add_command(cmd).cmd("WAIT").arg(replicas).arg(WAIT_MS);
     let (reply, acked): (Value, i64) = pipe.query_async(conn).await?;
     if acked < i64::from(replicas) {
+        // Retryable (TRYAGAIN: `Unavailable`), and no sign of a broken
+        // connection.
         return Err(redis::RedisError::from((
-            redis::ErrorKind::Io,
+            redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain),
             "too few replicas acknowledged the write; its outcome is unknown",
             format!("{acked} of {replicas}"),
         )));
