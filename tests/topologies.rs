@@ -224,8 +224,10 @@ struct Measured {
 /// while `failover` runs (it returns once the new primary is promoted);
 /// writes must succeed within 5 s of the promotion; afterwards every agent
 /// is HEALTHY, none ever went STATUS_CHANGED or EXPIRED, and an agent
-/// registered before (not heartbeating, long TTL) is still there.
-async fn survives_failover<F, Fut>(server: &TestServer, failover: F) -> Measured
+/// registered before (not heartbeating, long TTL) is still there. A second
+/// replica `other` sees a write made after the failover: its feed followed
+/// the new primary.
+async fn survives_failover<F, Fut>(server: &TestServer, other: &TestServer, failover: F) -> Measured
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -291,6 +293,28 @@ where
             .unwrap();
         assert_eq!(agent.status, healthy, "{id}");
     }
+    let after = register(&mut client, 60).await;
+    let mut other = other.client().await;
+    let (mut watch, snapshot) = common::watch_synced(&mut other).await;
+    if !snapshot
+        .iter()
+        .any(|e| e.agent.as_ref().is_some_and(|a| a.agent_id == after.id))
+    {
+        let event = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await
+            .expect("the other replica hears of the write")
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.agent.unwrap().agent_id, after.id);
+    }
+    let late = register(&mut client, 60).await;
+    let event = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("the other replica's feed follows the new primary")
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.event_type, EventType::Registered as i32);
+    assert_eq!(event.agent.unwrap().agent_id, late.id);
     measured
 }
 
@@ -298,8 +322,9 @@ where
 async fn sentinel_failover_by_command_keeps_writes_agents_and_data() {
     let server = TestServer::start(Backend::Sentinel).await;
     let topology = server.sentinel.as_ref().unwrap();
+    let other = TestServer::on_store(Backend::Sentinel, &topology.store_args(), &[]).await;
     let old = topology.primary_port().await.unwrap();
-    survives_failover(&server, || async {
+    survives_failover(&server, &other, || async {
         let _: String = topology.sentinels[0]
             .query(redis::cmd("SENTINEL").arg("FAILOVER").arg("mymaster"))
             .await
@@ -313,9 +338,10 @@ async fn sentinel_failover_by_command_keeps_writes_agents_and_data() {
 async fn sentinel_failover_after_sigkill_of_the_primary_keeps_writes_agents_and_data() {
     let mut server = TestServer::start(Backend::Sentinel).await;
     let mut topology = server.sentinel.take().unwrap();
+    let other = TestServer::on_store(Backend::Sentinel, &topology.store_args(), &[]).await;
     let old = topology.primary_port().await.unwrap();
     let index = topology.primary_index().await;
-    survives_failover(&server, || async {
+    survives_failover(&server, &other, || async {
         topology.data[index].kill();
         topology.wait_promotion(old).await;
     })
@@ -326,9 +352,10 @@ async fn sentinel_failover_after_sigkill_of_the_primary_keeps_writes_agents_and_
 async fn cluster_failover_after_sigkill_of_the_slots_primary_keeps_writes_agents_and_data() {
     let mut server = TestServer::start(Backend::Cluster).await;
     let mut cluster = server.cluster.take().unwrap();
+    let other = TestServer::on_store(Backend::Cluster, &cluster.store_args(), &[]).await;
     let index = cluster.registry_primary().await;
     let old = cluster.nodes[index].port;
-    survives_failover(&server, || async {
+    survives_failover(&server, &other, || async {
         cluster.nodes[index].kill();
         cluster.wait_promotion(old).await;
     })
