@@ -274,10 +274,11 @@ async fn bench_store(store: &str, extra: &[String], redis_url: Option<&str>) -> 
     if let Some(url) = redis_url {
         // What a replica pays to (re)load its view: one snapshot script.
         let store = RedisStore::new(&RedisConfig {
-            url: url.to_owned(),
+            endpoints: agent_registry::store::redis::Endpoints::Url(url.to_owned()),
             prefix: "registry".into(),
             removal_grace: Duration::from_secs(60),
             history: agent_registry::store::DEFAULT_HISTORY,
+            wait_replicas: 0,
         })
         .expect("redis url");
         let started = Instant::now();

@@ -42,10 +42,21 @@ pub struct Config {
     /// [default: the first of the original's ETCD_ENDPOINTS].
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
-    /// Redis nodes, `host:port,host:port` or a JSON list. Nodes that are not
-    /// a Redis Cluster are used as one plain Redis at the first address.
+    /// Seed nodes of a Redis Cluster, `host:port,host:port` or a JSON list.
+    /// Nodes that are not a Redis Cluster are used as one plain Redis at the
+    /// first address.
     #[arg(long, env = "REDIS_CLUSTER_NODES")]
     pub redis_cluster_nodes: Option<String>,
+    /// Redis Sentinels, `host:port,host:port`: the registry asks them for
+    /// the primary.
+    #[arg(long, env = "REDIS_SENTINELS")]
+    pub redis_sentinels: Option<String>,
+    /// The name under which the Sentinels monitor the primary.
+    #[arg(long, env = "REDIS_SENTINEL_MASTER", default_value = "mymaster")]
+    pub redis_sentinel_master: String,
+    /// Password of the Sentinels themselves (secret: never logged).
+    #[arg(long, env = "REDIS_SENTINEL_PASSWORD", hide_env_values = true)]
+    pub redis_sentinel_password: Option<String>,
     /// Username for Redis nodes named without a URL that carries one.
     #[arg(long, env = "REDIS_USERNAME")]
     pub redis_username: Option<String>,
@@ -53,6 +64,20 @@ pub struct Config {
     /// (secret: never logged).
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
+    /// TLS to the Sentinels and cluster nodes named as host:port (a
+    /// rediss:// URL already means TLS).
+    #[arg(
+        long,
+        env = "REDIS_TLS",
+        action = ArgAction::Set,
+        value_parser = BoolishValueParser::new(),
+        default_value = "false"
+    )]
+    pub redis_tls: bool,
+    /// A write is acknowledged only once this many replicas hold it (Redis
+    /// WAIT, at most 1 s; fewer: UNAVAILABLE, outcome unknown).
+    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
     /// Namespace of every Redis key and channel [default: registry, or the
     /// original's ETCD_PREFIX].
     #[arg(long, env = "REDIS_KEY_PREFIX")]
@@ -117,13 +142,39 @@ pub enum LogFormat {
 pub enum StoreSettings {
     /// The embedded in-memory store.
     Memory,
-    /// A Redis server at `url`, every key under `prefix`.
+    /// Redis, found as `topology` says, every key under `prefix`.
     Redis {
-        /// Connection URL; may carry a password, so never logged as is.
-        url: String,
+        /// How the primary is found.
+        topology: RedisTopology,
         /// Key and channel namespace.
         prefix: String,
+        /// Replicas that must hold an acknowledged write (Redis `WAIT`).
+        wait_replicas: u32,
     },
+}
+
+/// How the registry finds its Redis primary (BEHAVIOUR.md §8). Every URL
+/// may carry a password, so none is ever logged as is.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// One Redis at this URL.
+    Url(String),
+    /// The primary the Sentinels monitor.
+    Sentinel {
+        /// The Sentinels as URLs (their own password included).
+        sentinels: Vec<String>,
+        /// The monitored primary's name.
+        master: String,
+        /// Username of the data nodes.
+        username: Option<String>,
+        /// Password of the data nodes.
+        password: Option<String>,
+        /// TLS to the data nodes.
+        tls: bool,
+    },
+    /// Seed nodes of a Redis Cluster as URLs (credentials included); when
+    /// they are not a cluster, the first is one plain Redis.
+    Cluster(Vec<String>),
 }
 
 /// Timing rules of agent liveness, in the units the domain uses.
@@ -243,7 +294,7 @@ impl Config {
             username: self.redis_username.clone().filter(|u| !u.is_empty()),
             password: self.redis_password.clone().filter(|p| !p.is_empty()),
         };
-        let redis_url = self.redis_url(env, &credentials, &mut report)?;
+        let topology = self.redis_topology(env, &credentials, &mut report)?;
         if self.min_ttl == 0 {
             return Err(ConfigError::new(
                 "--min-ttl (MIN_TTL)",
@@ -265,10 +316,12 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        let store = match (self.store, redis_url.as_deref()) {
+        let store = match (self.store, topology) {
             (StoreChoice::Memory, _) | (StoreChoice::Auto, None) => StoreSettings::Memory,
-            (StoreChoice::Redis | StoreChoice::Auto, Some(url)) => {
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            (StoreChoice::Redis | StoreChoice::Auto, Some(topology)) => {
+                if let RedisTopology::Url(url) = &topology
+                    && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+                {
                     return Err(ConfigError::new(
                         "--redis-url (REDIS_URL)",
                         "must start with redis:// or rediss://",
@@ -281,14 +334,16 @@ impl Config {
                     ));
                 }
                 StoreSettings::Redis {
-                    url: url.to_owned(),
+                    topology,
                     prefix: redis_prefix,
+                    wait_replicas: self.redis_wait_replicas,
                 }
             }
             (StoreChoice::Redis, None) => {
                 return Err(ConfigError::new(
                     "--store (REGISTRY_STORE)",
-                    "redis needs --redis-url (REDIS_URL)",
+                    "redis needs --redis-url (REDIS_URL), --redis-sentinels (REDIS_SENTINELS) \
+                     or --redis-cluster-nodes (REDIS_CLUSTER_NODES)",
                 ));
             }
         };
@@ -331,37 +386,70 @@ impl Config {
         })
     }
 
-    /// The Redis URL: `--redis-url`, else the first of `--redis-cluster-nodes`
-    /// (used as one plain Redis), else the first of the original's
+    /// How Redis is found: exactly one of `--redis-url`, `--redis-sentinels`
+    /// and `--redis-cluster-nodes`, else the first of the original's
     /// `ETCD_ENDPOINTS`; credentials fill in what a URL does not carry.
-    fn redis_url(
+    fn redis_topology(
         &self,
         env: &legacy::LegacyEnv,
         credentials: &legacy::Credentials,
         report: &mut legacy::Report,
-    ) -> Result<Option<String>, ConfigError> {
-        let url = self.redis_url.as_deref().filter(|u| !u.is_empty());
-        let nodes = self
-            .redis_cluster_nodes
-            .as_deref()
-            .filter(|n| !n.is_empty());
-        if let (Some(_), Some(_)) = (url, nodes) {
+    ) -> Result<Option<RedisTopology>, ConfigError> {
+        const URL: &str = "--redis-url (REDIS_URL)";
+        const SENTINELS: &str = "--redis-sentinels (REDIS_SENTINELS)";
+        const NODES: &str = "--redis-cluster-nodes (REDIS_CLUSTER_NODES)";
+        let set = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+        let given = [
+            (URL, set(&self.redis_url)),
+            (SENTINELS, set(&self.redis_sentinels)),
+            (NODES, set(&self.redis_cluster_nodes)),
+        ];
+        let mut named = given.iter().filter(|(_, v)| v.is_some()).map(|(n, _)| *n);
+        if let (Some(first), Some(second)) = (named.next(), named.next()) {
             return Err(ConfigError::new(
-                "--redis-url (REDIS_URL)",
-                "give either --redis-url or --redis-cluster-nodes (REDIS_CLUSTER_NODES), not both",
+                first,
+                format!("give one Redis topology: {first} or {second}, not both"),
             ));
         }
+        let [(_, url), (_, sentinels), (_, nodes)] = given;
         if let Some(url) = url {
-            return Ok(Some(credentials.apply(url)));
+            return Ok(Some(RedisTopology::Url(credentials.apply(&url))));
+        }
+        if let Some(sentinels) = sentinels {
+            let master = self.redis_sentinel_master.trim();
+            if master.is_empty() {
+                return Err(ConfigError::new(
+                    "--redis-sentinel-master (REDIS_SENTINEL_MASTER)",
+                    "must not be empty",
+                ));
+            }
+            let sentinel_credentials = legacy::Credentials {
+                username: None,
+                password: set(&self.redis_sentinel_password),
+            };
+            let sentinels = legacy::nodes(SENTINELS, &sentinels)?
+                .iter()
+                .map(|node| sentinel_credentials.node_url(node, self.redis_tls))
+                .collect();
+            return Ok(Some(RedisTopology::Sentinel {
+                sentinels,
+                master: master.to_owned(),
+                username: credentials.username.clone(),
+                password: credentials.password.clone(),
+                tls: self.redis_tls,
+            }));
         }
         if let Some(nodes) = nodes {
-            let first = legacy::first_node("--redis-cluster-nodes (REDIS_CLUSTER_NODES)", nodes)?;
-            return Ok(Some(credentials.url_for(&first)));
+            let nodes = legacy::nodes(NODES, &nodes)?
+                .iter()
+                .map(|node| credentials.node_url(node, self.redis_tls))
+                .collect();
+            return Ok(Some(RedisTopology::Cluster(nodes)));
         }
         match env.redis_endpoint()? {
             Some(first) => {
                 report.used.push("ETCD_ENDPOINTS");
-                Ok(Some(credentials.url_for(&first)))
+                Ok(Some(RedisTopology::Url(credentials.url_for(&first))))
             }
             None => Ok(None),
         }
@@ -394,9 +482,42 @@ impl fmt::Debug for StoreSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Memory => f.write_str("memory"),
-            Self::Redis { url, prefix } => {
-                write!(f, "redis(url={}, prefix={prefix})", redact_url(url))
-            }
+            Self::Redis {
+                topology,
+                prefix,
+                wait_replicas,
+            } => write!(
+                f,
+                "redis({topology:?}, prefix={prefix}, wait_replicas={wait_replicas})"
+            ),
+        }
+    }
+}
+
+impl fmt::Debug for RedisTopology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |urls: &[String]| {
+            urls.iter()
+                .map(|u| redact_url(u))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match self {
+            Self::Url(url) => write!(f, "url={}", redact_url(url)),
+            Self::Sentinel {
+                sentinels,
+                master,
+                username,
+                password,
+                tls,
+            } => write!(
+                f,
+                "sentinels={}, master={master}, username={}, password={}, tls={tls}",
+                list(sentinels),
+                username.as_deref().unwrap_or(""),
+                if password.is_some() { "***" } else { "" },
+            ),
+            Self::Cluster(nodes) => write!(f, "cluster_nodes={}", list(nodes)),
         }
     }
 }

@@ -18,7 +18,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::{
     admin::{self, AdminState, Readiness},
     api::{Policy, Registry},
-    config::{Settings, StoreSettings, legacy},
+    config::{RedisTopology, Settings, StoreSettings, legacy},
     domain::clock::{Clock, SystemClock},
     feed,
     health::{self, HealthStatus},
@@ -28,7 +28,10 @@ use crate::{
     pb::{self, service_registry_server::ServiceRegistryServer},
     reaper,
     service::{RegistryService, layer::ObserveLayer},
-    store::{MemoryStore, RedisConfig, RedisStore, Store},
+    store::{
+        MemoryStore, RedisConfig, RedisStore, Store,
+        redis::{Endpoints, SentinelEndpoints},
+    },
     view::View,
 };
 
@@ -165,15 +168,21 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
                 MemoryStore::with_history(settings.ttl.removal_grace, settings.watch_history);
             tokio::spawn(serve(Arc::new(store), common, Vec::new()))
         }
-        StoreSettings::Redis { url, prefix } => {
+        StoreSettings::Redis {
+            topology,
+            prefix,
+            wait_replicas,
+        } => {
+            let (endpoints, setting) = redis_endpoints(topology);
             let config = RedisConfig {
-                url: url.clone(),
+                endpoints,
                 prefix: prefix.clone(),
                 removal_grace: settings.ttl.removal_grace,
                 history: settings.watch_history,
+                wait_replicas: *wait_replicas,
             };
             let store = RedisStore::new(&config).map_err(|e| StartError::Config {
-                setting: "--redis-url (REDIS_URL)",
+                setting,
                 reason: e.to_string(),
             })?;
             let pubsub = tokio::spawn(store.run_listener(background));
@@ -219,6 +228,33 @@ fn log_legacy_environment(report: &legacy::Report) {
              and REQUIRE_REGISTRATION_TOKEN is not set; set REQUIRE_REGISTRATION_TOKEN=true \
              once every caller sends the token Register returns"
         );
+    }
+}
+
+/// The store's view of a Redis topology, and the setting that named it.
+fn redis_endpoints(topology: &RedisTopology) -> (Endpoints, &'static str) {
+    match topology {
+        RedisTopology::Url(url) => (Endpoints::Url(url.clone()), "--redis-url (REDIS_URL)"),
+        RedisTopology::Sentinel {
+            sentinels,
+            master,
+            username,
+            password,
+            tls,
+        } => (
+            Endpoints::Sentinel(SentinelEndpoints {
+                sentinels: sentinels.clone(),
+                master: master.clone(),
+                username: username.clone(),
+                password: password.clone(),
+                tls: *tls,
+            }),
+            "--redis-sentinels (REDIS_SENTINELS)",
+        ),
+        RedisTopology::Cluster(nodes) => (
+            Endpoints::Cluster(nodes.clone()),
+            "--redis-cluster-nodes (REDIS_CLUSTER_NODES)",
+        ),
     }
 }
 

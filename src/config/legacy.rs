@@ -95,10 +95,17 @@ impl Credentials {
 
     /// The URL of a node given as `host:port` (or already as a URL).
     pub fn url_for(&self, node: &str) -> String {
+        self.node_url(node, false)
+    }
+
+    /// The URL of a node given as `host:port` (or already as a URL, which
+    /// keeps its scheme): `rediss://` when `tls`.
+    pub fn node_url(&self, node: &str, tls: bool) -> String {
         if node.starts_with("redis://") || node.starts_with("rediss://") {
             self.apply(node)
         } else {
-            format!("redis://{}{node}", self.userinfo())
+            let scheme = if tls { "rediss" } else { "redis" };
+            format!("{scheme}://{}{node}", self.userinfo())
         }
     }
 }
@@ -194,6 +201,16 @@ impl LegacyEnv {
 /// A [`ConfigError`] naming `setting` when the list is malformed or empty,
 /// or its first entry is not `host:port`.
 pub fn first_node(setting: &'static str, list: &str) -> Result<String, ConfigError> {
+    let mut nodes = nodes(setting, list)?;
+    Ok(nodes.swap_remove(0))
+}
+
+/// Every entry of a node list (formats as [`first_node`]); at least one.
+///
+/// # Errors
+/// A [`ConfigError`] naming `setting` when the list is malformed or empty,
+/// or an entry is neither `host:port` nor a Redis URL.
+pub fn nodes(setting: &'static str, list: &str) -> Result<Vec<String>, ConfigError> {
     let list = list.trim();
     let entries: Vec<String> = if list.starts_with('[') {
         serde_json::from_str::<Vec<String>>(list).map_err(|e| {
@@ -205,24 +222,29 @@ pub fn first_node(setting: &'static str, list: &str) -> Result<String, ConfigErr
     } else {
         list.split(',').map(str::to_owned).collect()
     };
-    let first = entries
+    let nodes: Vec<String> = entries
         .into_iter()
         .map(|e| e.trim().to_owned())
-        .find(|e| !e.is_empty())
-        .ok_or_else(|| ConfigError::new(setting, "names no node"))?;
-    if first.starts_with("redis://") || first.starts_with("rediss://") {
-        return Ok(first);
+        .filter(|e| !e.is_empty())
+        .collect();
+    if nodes.is_empty() {
+        return Err(ConfigError::new(setting, "names no node"));
     }
-    let port_ok = first
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-    if !port_ok || first.contains(['/', '@', ' ']) {
-        return Err(ConfigError::new(
-            setting,
-            format!("{first:?} is not host:port"),
-        ));
+    for node in &nodes {
+        if node.starts_with("redis://") || node.starts_with("rediss://") {
+            continue;
+        }
+        let port_ok = node.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok || node.contains(['/', '@', ' ']) {
+            return Err(ConfigError::new(
+                setting,
+                format!("{node:?} is not host:port"),
+            ));
+        }
     }
-    Ok(first)
+    Ok(nodes)
 }
 
 #[cfg(test)]

@@ -21,7 +21,17 @@ fn settings(args: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigError
 
 fn redis_url(s: &Settings) -> &str {
     match &s.store {
-        StoreSettings::Redis { url, .. } => url,
+        StoreSettings::Redis {
+            topology: RedisTopology::Url(url),
+            ..
+        } => url,
+        other => panic!("not one Redis by URL: {other:?}"),
+    }
+}
+
+fn topology(s: &Settings) -> &RedisTopology {
+    match &s.store {
+        StoreSettings::Redis { topology, .. } => topology,
         StoreSettings::Memory => panic!("memory store"),
     }
 }
@@ -64,8 +74,9 @@ fn the_originals_environment_is_understood() {
     assert_eq!(
         s.store,
         StoreSettings::Redis {
-            url: "redis://redis-master:6379".into(),
+            topology: RedisTopology::Url("redis://redis-master:6379".into()),
             prefix: "neural-hive".into(),
+            wait_replicas: 0,
         }
     );
     assert!(!s.require_token, "the original's callers send no token");
@@ -117,7 +128,7 @@ fn ours_win_over_the_originals() {
 }
 
 #[test]
-fn cluster_nodes_and_password_make_a_plain_redis_url() {
+fn cluster_nodes_and_password_make_cluster_seed_urls() {
     let s = settings(
         &[],
         &[
@@ -138,7 +149,10 @@ fn cluster_nodes_and_password_make_a_plain_redis_url() {
         &[],
     )
     .unwrap();
-    assert_eq!(redis_url(&s), "redis://:s3cr%40t@redis-0:6379");
+    assert_eq!(
+        topology(&s),
+        &RedisTopology::Cluster(vec!["redis://:s3cr%40t@redis-0:6379".into()])
+    );
     assert!(format!("{s:?}").contains("***"), "{s:?}");
     assert!(!format!("{s:?}").contains("s3cr"), "{s:?}");
 }
@@ -151,6 +165,145 @@ fn one_redis_topology_at_a_time() {
     )
     .unwrap_err();
     assert!(err.to_string().starts_with("--redis-url"));
+}
+
+#[test]
+fn every_pair_of_topologies_is_refused_naming_the_first() {
+    for (args, first) in [
+        (
+            &["--redis-url", "redis://a:1", "--redis-sentinels", "b:1"][..],
+            "--redis-url",
+        ),
+        (
+            &["--redis-sentinels", "b:1", "--redis-cluster-nodes", "c:1"][..],
+            "--redis-sentinels",
+        ),
+        (
+            &[
+                "--redis-url",
+                "redis://a:1",
+                "--redis-sentinels",
+                "b:1",
+                "--redis-cluster-nodes",
+                "c:1",
+            ][..],
+            "--redis-url",
+        ),
+    ] {
+        let err = settings(args, &[]).unwrap_err();
+        assert!(err.to_string().starts_with(first), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn sentinels_resolve_the_named_master_with_their_own_password() {
+    let s = settings(
+        &[
+            "--redis-sentinels",
+            "s-0:26379, s-1:26379",
+            "--redis-sentinel-master",
+            "registry-primary",
+            "--redis-sentinel-password",
+            "sent:pw",
+            "--redis-username",
+            "app",
+            "--redis-password",
+            "data-pw",
+            "--redis-tls",
+            "true",
+            "--redis-wait-replicas",
+            "1",
+        ],
+        &[],
+    )
+    .unwrap();
+    let StoreSettings::Redis { wait_replicas, .. } = &s.store else {
+        panic!("memory store");
+    };
+    assert_eq!(*wait_replicas, 1);
+    assert_eq!(
+        topology(&s),
+        &RedisTopology::Sentinel {
+            sentinels: vec![
+                "rediss://:sent%3Apw@s-0:26379".into(),
+                "rediss://:sent%3Apw@s-1:26379".into(),
+            ],
+            master: "registry-primary".into(),
+            username: Some("app".into()),
+            password: Some("data-pw".into()),
+            tls: true,
+        }
+    );
+    let logged = format!("{s:?}");
+    assert!(
+        !logged.contains("sent%3Apw") && !logged.contains("data-pw"),
+        "{logged}"
+    );
+    assert!(logged.contains("registry-primary"), "{logged}");
+}
+
+#[test]
+fn sentinel_defaults_and_auto() {
+    let s = settings(&["--redis-sentinels", "127.0.0.1:26379"], &[]).unwrap();
+    assert_eq!(
+        topology(&s),
+        &RedisTopology::Sentinel {
+            sentinels: vec!["redis://127.0.0.1:26379".into()],
+            master: "mymaster".into(),
+            username: None,
+            password: None,
+            tls: false,
+        },
+        "auto picks redis; the master is mymaster; no TLS"
+    );
+    let StoreSettings::Redis { wait_replicas, .. } = &s.store else {
+        panic!("memory store");
+    };
+    assert_eq!(*wait_replicas, 0);
+}
+
+#[test]
+fn cluster_nodes_take_tls_and_keep_every_seed() {
+    let s = settings(
+        &[
+            "--redis-cluster-nodes",
+            "a:7000,b:7001,rediss://c:7002",
+            "--redis-tls",
+            "true",
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        topology(&s),
+        &RedisTopology::Cluster(vec![
+            "rediss://a:7000".into(),
+            "rediss://b:7001".into(),
+            "rediss://c:7002".into(),
+        ])
+    );
+}
+
+#[test]
+fn bad_topology_values_name_their_setting() {
+    let err = settings(&["--redis-sentinels", "s-0"], &[]).unwrap_err();
+    assert!(err.to_string().starts_with("--redis-sentinels"), "{err}");
+    let err = settings(&["--redis-cluster-nodes", "a:1,nope"], &[]).unwrap_err();
+    assert!(
+        err.to_string().starts_with("--redis-cluster-nodes"),
+        "{err}"
+    );
+    let err = settings(
+        &["--redis-sentinels", "s:1", "--redis-sentinel-master", " "],
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().starts_with("--redis-sentinel-master"),
+        "{err}"
+    );
+    assert!(parse(&["--redis-wait-replicas", "-1"]).is_err());
+    assert!(parse(&["--redis-tls", "maybe"]).is_err());
 }
 
 #[test]
@@ -204,16 +357,4 @@ fn passwords_are_redacted() {
         "redis://user:***@host:6379/0"
     );
     assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
-}
-
-#[test]
-fn the_http_port_defaults_to_8080_and_can_be_free_or_off() {
-    let s = settings(&[], &[]).unwrap();
-    assert_eq!(s.http_addr.map(|a| a.port()), Some(8080));
-    let s = settings(&["--http-port", "0"], &[]).unwrap();
-    assert_eq!(s.http_addr.map(|a| a.port()), Some(0));
-    let s = settings(&["--http-port", "none"], &[]).unwrap();
-    assert_eq!(s.http_addr, None);
-    let error = parse(&["--http-port", "web"]).err().unwrap().to_string();
-    assert!(error.contains("--http-port"), "{error}");
 }

@@ -5,6 +5,8 @@
 //! another store is a matter of adding a [`Backend`] variant here.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod topology;
+
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use agent_registry::{
@@ -27,6 +29,12 @@ pub enum Backend {
     Memory,
     /// A `redis-server` process of the test's own.
     Redis,
+    /// A primary, a replica and three Sentinels of the test's own
+    /// ([`topology::SentinelTopology`]).
+    Sentinel,
+    /// A six-node Redis Cluster of the test's own
+    /// ([`topology::ClusterTopology`]).
+    Cluster,
 }
 
 /// A port that was free on 127.0.0.1 a moment ago.
@@ -50,6 +58,10 @@ pub struct TestServer {
     pub backend: Backend,
     /// The Redis it owns (Backend::Redis started with [`TestServer::start`]).
     pub redis: Option<RedisProcess>,
+    /// The Sentinel topology it owns (Backend::Sentinel).
+    pub sentinel: Option<topology::SentinelTopology>,
+    /// The cluster it owns (Backend::Cluster).
+    pub cluster: Option<topology::ClusterTopology>,
     running: Option<Running>,
 }
 
@@ -63,9 +75,24 @@ impl TestServer {
     /// Starts a server with extra command-line flags (they override the
     /// defaults above), e.g. `&["--require-token", "false"]`.
     pub async fn start_with(backend: Backend, extra: &[&str]) -> Self {
+        match backend {
+            Backend::Sentinel => {
+                let sentinel = topology::SentinelTopology::start().await;
+                let mut server = Self::on_store(backend, &sentinel.store_args(), extra).await;
+                server.sentinel = Some(sentinel);
+                return server;
+            }
+            Backend::Cluster => {
+                let cluster = topology::ClusterTopology::start().await;
+                let mut server = Self::on_store(backend, &cluster.store_args(), extra).await;
+                server.cluster = Some(cluster);
+                return server;
+            }
+            Backend::Memory | Backend::Redis => {}
+        }
         let redis = match backend {
-            Backend::Memory => None,
             Backend::Redis => Some(RedisProcess::start().await),
+            _ => None,
         };
         let url = redis.as_ref().map(RedisProcess::url);
         let mut server = Self::launch(backend, url.as_deref(), extra).await;
@@ -80,6 +107,22 @@ impl TestServer {
     }
 
     async fn launch(backend: Backend, redis_url: Option<&str>, extra: &[&str]) -> Self {
+        let store: Vec<String> = match redis_url {
+            None => vec!["--store".into(), "memory".into()],
+            Some(url) => vec![
+                "--store".into(),
+                "redis".into(),
+                "--redis-url".into(),
+                url.into(),
+            ],
+        };
+        Self::on_store(backend, &store, extra).await
+    }
+
+    /// A server (a replica) with `store` flags naming its store (e.g. a
+    /// topology's [`topology::SentinelTopology::store_args`]) and `extra`
+    /// flags; waits until ready unless the store is memory.
+    pub async fn on_store(backend: Backend, store: &[String], extra: &[&str]) -> Self {
         if std::env::var_os("TEST_LOG").is_some() {
             // Debug aid: TEST_LOG=1 cargo nextest run ... shows server logs.
             let _ = tracing_subscriber::fmt()
@@ -87,7 +130,7 @@ impl TestServer {
                 .with_test_writer()
                 .try_init();
         }
-        let settings = test_settings(redis_url, extra);
+        let settings = store_settings(store, extra);
         let running = server::start(settings).await.unwrap();
         let server = Self {
             addr: running.grpc_addr(),
@@ -95,9 +138,11 @@ impl TestServer {
             http_addr: running.http_addr().expect("test servers run the HTTP API"),
             backend,
             redis: None,
+            sentinel: None,
+            cluster: None,
             running: Some(running),
         };
-        if redis_url.is_some() {
+        if backend != Backend::Memory {
             server.wait_ready().await;
         }
         server
@@ -172,6 +217,13 @@ pub fn test_settings(redis_url: Option<&str>, extra: &[&str]) -> Settings {
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     Config::try_parse_from(&args).unwrap().settings().unwrap()
+}
+
+/// [`test_settings`] with `store` flags naming the store (any topology).
+pub fn store_settings(store: &[String], extra: &[&str]) -> Settings {
+    let mut args: Vec<&str> = store.iter().map(String::as_str).collect();
+    args.extend_from_slice(extra);
+    test_settings(None, &args)
 }
 
 /// Opens a snapshot watch of everything and reads it up to SYNCED (each

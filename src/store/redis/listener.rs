@@ -4,6 +4,10 @@
 //! with backoff when the connection drops or stops answering pings. Every
 //! reconnection is announced with [`FeedMessage::Reset`], so the feed pump
 //! resynchronises instead of missing what was published meanwhile.
+//!
+//! The connection comes from the [`Topology`]: on the primary by URL or
+//! Sentinel (re-resolved at every reconnection, and dropped when a switch is
+//! announced), or sharded pub/sub on the slot's primary of a cluster.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -14,12 +18,14 @@ use std::{
     time::Duration,
 };
 
-use redis::aio::PubSubSink;
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{codec, keys::Keys};
+use super::{
+    codec,
+    keys::Keys,
+    topology::{FeedConnection, FeedSink, Topology},
+};
 use crate::{
     backoff::Backoff,
     domain::{AgentId, Error, Result},
@@ -41,7 +47,8 @@ const RELEASE_QUEUE: usize = 1024;
 /// The pub/sub side of the Redis store.
 #[derive(Debug)]
 pub struct Listener {
-    client: redis::Client,
+    /// Where the feed's connection comes from.
+    topology: Arc<Topology>,
     keys: Keys,
     /// The in-process feed every consumer of this replica subscribes to.
     feed: broadcast::Sender<FeedMessage>,
@@ -67,7 +74,7 @@ pub struct Listener {
 
 #[derive(Debug, Default)]
 struct SinkState {
-    sink: Option<PubSubSink>,
+    sink: Option<FeedSink>,
     subscribed: HashSet<AgentId>,
 }
 
@@ -100,16 +107,16 @@ impl Drop for MailboxInterest {
 }
 
 impl Listener {
-    /// A listener for `client`; nothing connects until [`Listener::run`].
+    /// A listener on `topology`; nothing connects until [`Listener::run`].
     pub fn new(
-        client: redis::Client,
+        topology: Arc<Topology>,
         keys: Keys,
         feed: broadcast::Sender<FeedMessage>,
         highest: Arc<AtomicU64>,
     ) -> Arc<Self> {
         let (release, release_rx) = mpsc::channel(RELEASE_QUEUE);
         Arc::new(Self {
-            client,
+            topology,
             keys,
             feed,
             connected: AtomicBool::new(false),
@@ -200,12 +207,12 @@ impl Listener {
         let mut was_connected = false;
         while !shutdown.is_cancelled() {
             match self.connect().await {
-                Ok((sink, stream)) => {
+                Ok(connection) => {
                     backoff.reset();
                     if !was_connected {
                         tracing::info!("Redis pub/sub connected");
                     }
-                    self.forward(sink, stream, &mut release_rx, &shutdown).await;
+                    self.forward(connection, &mut release_rx, &shutdown).await;
                     if !shutdown.is_cancelled() {
                         tracing::warn!("Redis pub/sub connection lost; reconnecting");
                     }
@@ -224,18 +231,20 @@ impl Listener {
         }
     }
 
-    async fn connect(&self) -> Result<(PubSubSink, redis::aio::PubSubStream)> {
+    async fn connect(&self) -> Result<FeedConnection> {
         let connect = async {
-            let pubsub = self.client.get_async_pubsub().await?;
-            let (mut sink, stream) = pubsub.split();
-            sink.subscribe(self.keys.changes_channel()).await?;
-            Ok::<_, redis::RedisError>((sink, stream))
+            let mut connection = self.topology.feed(CONNECT_TIMEOUT).await?;
+            connection
+                .sink
+                .subscribe(self.keys.changes_channel())
+                .await
+                .map_err(|e| Error::Unavailable {
+                    source: Box::new(e),
+                })?;
+            Ok(connection)
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-            Ok(Ok(pair)) => Ok(pair),
-            Ok(Err(e)) => Err(Error::Unavailable {
-                source: Box::new(e),
-            }),
+        match tokio::time::timeout(CONNECT_TIMEOUT * 2, connect).await {
+            Ok(result) => result,
             Err(_) => Err(Error::unavailable("connecting timed out")),
         }
     }
@@ -243,11 +252,11 @@ impl Listener {
     /// Forwards messages until the connection fails or `shutdown`.
     async fn forward(
         &self,
-        sink: PubSubSink,
-        mut stream: redis::aio::PubSubStream,
+        mut connection: FeedConnection,
         release_rx: &mut mpsc::Receiver<AgentId>,
         shutdown: &CancellationToken,
     ) {
+        let sink = connection.sink.clone();
         {
             let mut state = self.sink.lock().await;
             state.sink = Some(sink.clone());
@@ -260,21 +269,22 @@ impl Listener {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                message = stream.next() => match message {
+                message = connection.next() => match message {
                     Some(message) => {
                         if !self.dispatch(&message) {
                             break;
                         }
                     }
                     None => {
-                        tracing::debug!("Redis pub/sub connection closed");
+                        tracing::debug!("Redis pub/sub connection closed (or the primary changed)");
                         break;
                     }
                 },
                 Some(agent_id) = release_rx.recv() => self.release(agent_id).await,
                 _ = ping.tick() => {
                     let mut sink = sink.clone();
-                    let pong = tokio::time::timeout(CONNECT_TIMEOUT, sink.ping::<redis::Value>()).await;
+                    let channel = self.keys.changes_channel();
+                    let pong = tokio::time::timeout(CONNECT_TIMEOUT, sink.ping(&channel)).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         tracing::debug!("Redis pub/sub connection stopped answering");
                         break;

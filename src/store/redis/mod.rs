@@ -2,11 +2,11 @@
 //!
 //! Every mutation is ONE round trip: a Lua script that checks, writes, bumps
 //! the revision, updates the deadline zset and publishes the change, all in
-//! one atomic step ([`scripts`]). Commands go through a `deadpool-redis`
-//! pool with bounded waits, and each call is cut off after
-//! [`COMMAND_TIMEOUT`], so a dead or stalled Redis yields `Unavailable`
-//! quickly instead of a hang. The one pub/sub connection per replica lives
-//! in [`listener`].
+//! one atomic step ([`scripts`]). Commands go through the connection layer
+//! ([`topology`]: one Redis by URL, Sentinel or Cluster) with bounded waits,
+//! and each call is cut off after [`COMMAND_TIMEOUT`], so a dead or stalled
+//! Redis yields `Unavailable` quickly instead of a hang. The one pub/sub
+//! connection per replica lives in [`listener`].
 //!
 //! Depends on: domain, store (trait), redis, deadpool-redis.
 
@@ -14,6 +14,7 @@ mod codec;
 pub mod keys;
 mod listener;
 mod scripts;
+pub mod topology;
 
 use std::{
     sync::{
@@ -23,12 +24,16 @@ use std::{
     time::Duration,
 };
 
-use deadpool_redis::{Pool, Runtime};
 use redis::Value;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use self::{keys::Keys, listener::Listener, scripts::Scripts};
+use self::{
+    keys::Keys,
+    listener::Listener,
+    scripts::Scripts,
+    topology::{Call, Durability, Topology},
+};
 use super::{
     BACKLOG_LEN, Feed, FeedMessage, HeartbeatCommand, Heartbeaten, Notified, NotifyCommand,
     Ownership, Reaped, RegisterCommand, Registered, Snapshot, Store,
@@ -40,6 +45,7 @@ use crate::domain::{
 };
 
 pub use listener::MailboxInterest;
+pub use topology::{Endpoints, SentinelEndpoints};
 
 /// Longest a store call may take, pool wait included: writes fail with
 /// `Unavailable` well within the 2 s the contract allows.
@@ -47,11 +53,9 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long loading a full snapshot (view resync) may take.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a caller may wait for a pooled connection.
-const POOL_WAIT: Duration = Duration::from_millis(500);
-/// How long opening a connection may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const POOL_WAIT: Duration = Duration::from_millis(500);
 /// Connections in the pool.
-const POOL_SIZE: usize = 32;
+pub(crate) const POOL_SIZE: usize = 32;
 /// Messages the in-process feed buffers per consumer before it lags.
 const FEED_CAPACITY: usize = 16 * 1024;
 /// Transitions one reaper pass applies at most (more: the next pass follows).
@@ -67,8 +71,11 @@ const SAFETY_NET_MS: i64 = 24 * 3600 * 1000;
 /// Settings of the Redis store.
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
-    /// `redis://` or `rediss://` URL.
-    pub url: String,
+    /// Where Redis is: a URL, Sentinels or cluster seeds.
+    pub endpoints: Endpoints,
+    /// Replicas that must hold an acknowledged write (Redis `WAIT`; 0 =
+    /// none).
+    pub wait_replicas: u32,
     /// Key prefix (inside the hash tag).
     pub prefix: String,
     /// How long an overdue agent stays listed.
@@ -80,9 +87,8 @@ pub struct RedisConfig {
 /// The Redis-backed store.
 #[derive(Debug)]
 pub struct RedisStore {
-    pool: Pool,
-    /// For the snapshot's own connection.
-    client: redis::Client,
+    /// The connections to the primary, whatever the topology.
+    topology: Arc<Topology>,
     keys: Keys,
     scripts: Scripts,
     listener: Arc<Listener>,
@@ -205,36 +211,26 @@ impl RedisStore {
     /// makes the store unavailable until it answers.
     ///
     /// # Errors
-    /// When the URL cannot be parsed.
+    /// When an address cannot be parsed.
     pub fn new(config: &RedisConfig) -> std::result::Result<Self, redis::RedisError> {
-        let client = redis::Client::open(config.url.as_str())?;
         // redis-rs cuts every reply at 500 ms by default; our own bound is
         // COMMAND_TIMEOUT for the whole call, pool wait included.
-        let connection = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT));
-        let manager = deadpool_redis::Manager::new_with_config(config.url.as_str(), connection)?;
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| {
-                redis::RedisError::from((
-                    redis::ErrorKind::InvalidClientConfig,
-                    "connection pool",
-                    e.to_string(),
-                ))
-            })?;
+        let topology = Arc::new(Topology::new(
+            config.endpoints.clone(),
+            config.wait_replicas,
+            COMMAND_TIMEOUT,
+        )?);
         let keys = Keys::new(&config.prefix);
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let highest = Arc::new(AtomicU64::new(0));
-        let listener = Listener::new(client.clone(), keys.clone(), feed.clone(), highest.clone());
+        let listener = Listener::new(
+            topology.clone(),
+            keys.clone(),
+            feed.clone(),
+            highest.clone(),
+        );
         Ok(Self {
-            pool,
-            client,
+            topology,
             keys,
             scripts: Scripts::new(),
             listener,
@@ -247,12 +243,17 @@ impl RedisStore {
         })
     }
 
-    /// The pub/sub listener task; the server spawns it next to the others.
+    /// The pub/sub listener task (and, on Sentinel, the one that hears of
+    /// a new primary); the server spawns it next to the others.
     pub fn run_listener(
         &self,
         shutdown: CancellationToken,
     ) -> impl Future<Output = ()> + Send + 'static {
-        self.listener.clone().run(shutdown)
+        let listener = self.listener.clone().run(shutdown.clone());
+        let announcements = self.topology.clone().run_announcements(shutdown);
+        async move {
+            tokio::join!(listener, announcements);
+        }
     }
 
     fn floor(&self) -> u64 {
@@ -263,19 +264,20 @@ impl RedisStore {
         self.highest.fetch_max(revision, Ordering::AcqRel);
     }
 
-    /// Runs one script invocation, bounded by [`COMMAND_TIMEOUT`].
-    async fn invoke(&self, invocation: redis::ScriptInvocation<'_>) -> Result<Value> {
-        let call = async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| unavailable(e.to_string()))?;
-            invocation
-                .invoke_async::<Value>(&mut conn)
-                .await
-                .map_err(classify)
-        };
+    /// Runs one script invocation that no client is told about, bounded
+    /// by [`COMMAND_TIMEOUT`].
+    async fn invoke(&self, invocation: Call<'_>) -> Result<Value> {
+        self.invoke_with(invocation, Durability::Plain).await
+    }
+
+    /// Runs one client-acknowledged write (it waits for replicas when
+    /// configured), bounded by [`COMMAND_TIMEOUT`].
+    async fn invoke_write(&self, invocation: Call<'_>) -> Result<Value> {
+        self.invoke_with(invocation, Durability::Acknowledged).await
+    }
+
+    async fn invoke_with(&self, invocation: Call<'_>, durability: Durability) -> Result<Value> {
+        let call = self.topology.run(&invocation, durability);
         let result = match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
             Ok(result) => result,
             Err(_) => Err(unavailable("Redis did not answer in time")),
@@ -345,7 +347,7 @@ impl Store for RedisStore {
                 .arg(zero_tel.as_str())
                 .arg(self.floor())
                 .arg(self.history_cap);
-            let reply = items(self.invoke(invocation).await?)?;
+            let reply = items(self.invoke_write(invocation).await?)?;
             if reply.first().map(bytes).transpose()? == Some(b"CONFLICT".as_slice()) {
                 continue; // a fresh UUIDv4 collided: draw another
             }
@@ -389,7 +391,7 @@ impl Store for RedisStore {
             .arg(SAFETY_NET_MS + self.grace_ms)
             .arg(self.floor())
             .arg(self.history_cap);
-        let reply = items(self.invoke(invocation).await?)?;
+        let reply = items(self.invoke_write(invocation).await?)?;
         check(&reply, cmd.agent_id)?;
         let last = reply
             .last()
@@ -425,7 +427,7 @@ impl Store for RedisStore {
             .arg(self.keys.changes_channel())
             .arg(self.floor())
             .arg(self.history_cap);
-        let reply = items(self.invoke(invocation).await?)?;
+        let reply = items(self.invoke_write(invocation).await?)?;
         if reply.first().map(bytes).transpose()? == Some(b"NONE".as_slice()) {
             return Ok(None);
         }
@@ -484,7 +486,7 @@ impl Store for RedisStore {
             .arg(payload.as_slice())
             .arg(self.keys.mailbox_channel(cmd.agent_id))
             .arg(BACKLOG_LEN);
-        let reply = items(self.invoke(invocation).await?)?;
+        let reply = items(self.invoke_write(invocation).await?)?;
         check(&reply, cmd.agent_id)?;
         let [_, message, receivers] = reply.as_slice() else {
             return Err(internal("short notify reply"));
@@ -547,20 +549,7 @@ impl Store for RedisStore {
         // A snapshot of a large registry is one big reply (about 0.5 KB per
         // agent): give it its own connection and a bound of its own, so it
         // is never cut off by the per-call timeout meant for clients.
-        let snapshot = async {
-            let config = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                .set_response_timeout(Some(SNAPSHOT_TIMEOUT));
-            let mut conn = self
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-                .map_err(classify)?;
-            invocation
-                .invoke_async::<Value>(&mut conn)
-                .await
-                .map_err(classify)
-        };
+        let snapshot = self.topology.run_long(&invocation, SNAPSHOT_TIMEOUT);
         let reply = match tokio::time::timeout(SNAPSHOT_TIMEOUT, snapshot).await {
             Ok(reply) => reply,
             Err(_) => Err(unavailable("snapshot did not arrive in time")),

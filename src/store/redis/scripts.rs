@@ -1,34 +1,35 @@
-//! The Lua scripts, one per mutation. Each is loaded once per Redis server
-//! and called by its SHA1 (`EVALSHA`); `redis::Script` reloads it when the
-//! server answers NOSCRIPT (after a restart or `SCRIPT FLUSH`).
+//! The Lua scripts, one per mutation. Each is called by its SHA1
+//! (`EVALSHA`), and sent whole (`EVAL`, which caches it) when the server
+//! answers NOSCRIPT (after a restart, a failover or `SCRIPT FLUSH`); see
+//! [`Lua`] for the two forms of each (plain or sharded publishing).
 
-use redis::Script;
+use super::topology::Lua;
 
 const COMMON: &str = include_str!("lua/common.lua");
 
-fn with_common(body: &str) -> Script {
-    Script::new(&format!("{COMMON}\n{body}"))
+fn with_common(body: &str) -> Lua {
+    Lua::new(&format!("{COMMON}\n{body}"))
 }
 
 /// Every script of the store.
 #[derive(Debug)]
 pub struct Scripts {
     /// Register or re-register.
-    pub register: Script,
+    pub register: Lua,
     /// Heartbeat.
-    pub heartbeat: Script,
+    pub heartbeat: Lua,
     /// Deregister.
-    pub deregister: Script,
+    pub deregister: Lua,
     /// The reaper's pass (with outage fencing).
-    pub expire: Script,
+    pub expire: Lua,
     /// Queue and publish a notification.
-    pub notify: Script,
+    pub notify: Lua,
     /// Ownership check + backlog read.
-    pub open_mailbox: Script,
+    pub open_mailbox: Lua,
     /// Consistent snapshot of every agent.
-    pub snapshot: Script,
+    pub snapshot: Lua,
     /// The change history after a revision.
-    pub history: Script,
+    pub history: Lua,
 }
 
 impl Scripts {

@@ -1,5 +1,8 @@
 -- Shared by every mutation script (prepended by scripts.rs).
 --
+-- `PUBLISH` (defined before this file by topology.rs) is the publishing
+-- command: 'PUBLISH', or 'SPUBLISH' (sharded pub/sub) on a Redis Cluster.
+--
 -- An agent record is a hash:
 --   reg  registration blob (encoded by the registry, opaque here)
 --   tel  telemetry blob (canonical text, opaque here)
@@ -90,7 +93,7 @@ local function emit(rev_key, channel, key, id, kind, prev, now, floor, prev_reg)
   local f = redis.call('HMGET', key, 'reg', 'tel', 'st', 'od', 'ls', 'ttl', 'ra', 'rev')
   local msg = cmsgpack.pack({ int(rev), kind, prev, int(now), id,
     f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8] })
-  redis.call('PUBLISH', channel, msg)
+  redis.call(PUBLISH, channel, msg)
   if kind ~= 'TOUCHED' then
     record(rev, msg, prev_reg)
   end

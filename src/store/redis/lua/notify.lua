@@ -9,5 +9,5 @@ local nid = redis.call('HINCRBY', KEYS[1], 'nid', 1)
 local msg = cmsgpack.pack({ int(nid), ARGV[1], ARGV[2], ARGV[3] })
 redis.call('RPUSH', KEYS[2], msg)
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[5]), -1)
-local receivers = redis.call('PUBLISH', ARGV[4], msg)
+local receivers = redis.call(PUBLISH, ARGV[4], msg)
 return { 'OK', msg, receivers }
