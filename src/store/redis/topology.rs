@@ -493,26 +493,9 @@ impl Topology {
     /// As [`Topology::run`].
     pub async fn run_long(&self, call: &Call<'_>, response_timeout: Duration) -> Result<Value> {
         let config = connection_config(response_timeout);
-        match self.mode().await? {
-            Mode::Direct { client, .. } => {
-                let mut conn = client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await
-                    .map_err(super::classify)?;
-                run_on(&mut conn, call, false, None)
-                    .await
-                    .map_err(super::classify)
-            }
-            Mode::Sentinel { .. } => {
-                let client = self.sentinel_primary().await?;
-                let mut conn = client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await
-                    .map_err(super::classify)?;
-                run_on(&mut conn, call, false, None)
-                    .await
-                    .map_err(super::classify)
-            }
+        let primary = match self.mode().await? {
+            Mode::Direct { client, .. } => (**client).clone(),
+            Mode::Sentinel { .. } => self.sentinel_primary().await?,
             Mode::Cluster { nodes, .. } => {
                 let client = cluster_builder(nodes)
                     .connection_timeout(CONNECT_TIMEOUT)
@@ -523,11 +506,18 @@ impl Topology {
                     .get_async_connection()
                     .await
                     .map_err(super::classify)?;
-                run_on(&mut conn, call, true, None)
+                return run_on(&mut conn, call, true, None)
                     .await
-                    .map_err(super::classify)
+                    .map_err(super::classify);
             }
-        }
+        };
+        let mut conn = primary
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(super::classify)?;
+        run_on(&mut conn, call, false, None)
+            .await
+            .map_err(super::classify)
     }
 
     async fn sentinel_primary(&self) -> Result<redis::Client> {
