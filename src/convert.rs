@@ -172,10 +172,17 @@ pub fn filter(agent_type: i32, filters: HashMap<String, String>) -> Result<Agent
         ..AgentFilter::default()
     };
     for (key, value) in validate::metadata("filters", filters)? {
+        validate::filter_key(&key)?;
         match key.as_str() {
-            "namespace" => filter.namespace = Some(value),
-            "cluster" => filter.cluster = Some(value),
-            "version" => filter.version = Some(value),
+            "namespace" => {
+                filter.namespace = Some(validate::label_filter("filters[\"namespace\"]", value)?);
+            }
+            "cluster" => {
+                filter.cluster = Some(validate::label_filter("filters[\"cluster\"]", value)?);
+            }
+            "version" => {
+                filter.version = Some(validate::label_filter("filters[\"version\"]", value)?);
+            }
             "status" => filter.status = Some(validate::status_filter(&value)?),
             "agent_type" => {
                 let named = validate::agent_type_filter(&value)?;
@@ -212,10 +219,7 @@ pub fn discover_query(req: pb::DiscoverRequest) -> Result<DiscoverQuery> {
 
 /// A WatchAgents selection.
 pub fn watch_selection(req: &mut pb::WatchAgentsRequest) -> Result<WatchSelection> {
-    let namespace = std::mem::take(&mut req.namespace);
-    if namespace.len() > validate::MAX_LABEL_BYTES {
-        return Err(Error::invalid("namespace", "at most 128 bytes"));
-    }
+    let namespace = validate::label_filter("namespace", std::mem::take(&mut req.namespace))?;
     Ok(WatchSelection {
         agent_type: agent_type_filter(req.agent_type)?,
         capabilities: validate::capabilities(std::mem::take(&mut req.capabilities), false)?,

@@ -20,6 +20,8 @@
 //! - [`convert`]: every wire ↔ domain conversion (service, SDK, Redis codec).
 //! - [`service`]: the tonic service: decode → call [`api`] → encode; errors
 //!   to statuses in one place, per-call metrics and spans in one layer.
+//! - [`auth`]: identity (mTLS, JWT-SVID), TLS, the authorization policy,
+//!   limits and their reload (BEHAVIOUR.md §9), applied by one tower layer.
 //! - [`server`]: the composition root.
 //! - [`backoff`], [`sync`]: retry timing and lock helpers used everywhere.
 //! - [`config`]: flags and environment variables.
@@ -31,6 +33,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod backoff;
 pub mod client;
 pub mod config;

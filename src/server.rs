@@ -12,11 +12,16 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 use crate::{
     admin::{self, AdminState, Readiness},
     api::{Policy, Registry},
+    auth::{
+        Security,
+        layer::GuardLayer,
+        listener::{self, Accept},
+        reload::{self, Source},
+    },
     config::{Settings, StoreSettings, legacy},
     domain::clock::{Clock, SystemClock},
     feed,
@@ -110,6 +115,10 @@ struct Common {
     shutdown: CancellationToken,
     /// Stops the background tasks once the server has drained.
     background: CancellationToken,
+    /// Identity, policy and limits.
+    security: Arc<Security>,
+    /// Credential and policy files to reload when they change.
+    reload: Vec<Source>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
@@ -127,6 +136,11 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let (grpc, grpc_addr) = bind(settings.grpc_addr).await?;
     let (admin, metrics_addr) = bind(settings.metrics_addr).await?;
     let metrics = Arc::new(Metrics::new().expect("metric names are distinct constants"));
+    let (security, reload) =
+        Security::load(&settings.security, metrics.clone()).map_err(|e| StartError::Config {
+            setting: e.setting,
+            reason: e.reason,
+        })?;
     let shutdown = CancellationToken::new();
     let background = CancellationToken::new();
     let view = View::new();
@@ -140,6 +154,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         admin,
         shutdown: shutdown.clone(),
         background: background.clone(),
+        security: Arc::new(security),
+        reload,
     };
     let task = match &settings.store {
         StoreSettings::Memory => {
@@ -212,7 +228,10 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
         admin,
         shutdown,
         background,
+        security,
+        reload,
     } = common;
+    let limits = settings.security.limits.clone();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let readiness = Arc::new(Readiness::default());
     let (health, health_service) = health::health_service(shutdown.clone());
@@ -238,6 +257,22 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
         shutdown.clone(),
         background.clone(),
     )));
+    tasks.push(tokio::spawn(reload::watch(
+        reload,
+        metrics.reload_errors.clone(),
+        background.clone(),
+    )));
+    let (incoming, accept_loop) = listener::incoming(
+        grpc,
+        Accept {
+            tls: security.tls.clone(),
+            max_connections: limits.max_connections,
+            handshake_timeout: limits.handshake_timeout,
+            limited: metrics.limited.clone(),
+        },
+        shutdown.clone(),
+    );
+    tasks.push(accept_loop);
     tasks.push(tokio::spawn(admin::serve(
         admin,
         AdminState {
@@ -250,6 +285,7 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
     let policy = Policy {
         ttl: settings.ttl,
         require_token: settings.require_token,
+        max_agents: limits.max_agents,
     };
     let registry = Arc::new(Registry {
         store,
@@ -259,7 +295,8 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
         policy,
         shutdown: shutdown.clone(),
     });
-    let service = RegistryService::new(registry, &metrics);
+    let service =
+        RegistryService::new(registry, &metrics).with_max_response_bytes(limits.max_response_bytes);
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -271,21 +308,26 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .expect("the embedded descriptor sets decode");
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(limits.max_concurrent_streams);
+    if let Some(age) = limits.max_connection_age {
+        // GOAWAY at the age; in-flight calls get DRAIN_GRACE to finish.
+        builder = builder
+            .max_connection_age(age)
+            .max_connection_age_grace(DRAIN_GRACE);
+    }
+    let server = builder
         .layer(ObserveLayer::new(metrics))
+        .layer(GuardLayer::new(security))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ServiceRegistryServer::new(service))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(grpc)
-                // Small responses must not wait for delayed ACKs (Nagle).
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(Duration::from_secs(60))),
-            shutdown.clone().cancelled_owned(),
-        );
+        .add_service(
+            ServiceRegistryServer::new(service).max_decoding_message_size(limits.max_message_bytes),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     let drain_deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(DRAIN_GRACE).await;

@@ -130,6 +130,29 @@ pub fn label(field: &'static str, given: String, default: &str) -> Result<String
     })
 }
 
+/// A namespace, cluster or version to match (a filter, or WatchAgents'
+/// `namespace`): what [`label`] accepts, without a default.
+///
+/// # Errors
+/// `InvalidArgument` on `field`.
+pub fn label_filter(field: &'static str, given: String) -> Result<String> {
+    label(field, given, "")
+}
+
+/// A filter key: 1..=128 bytes without control characters.
+///
+/// # Errors
+/// `InvalidArgument` on `filters`.
+pub fn filter_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_METADATA_KEY_BYTES || has_control(key) {
+        return Err(Error::invalid(
+            "filters",
+            format!("keys must be 1 to {MAX_METADATA_KEY_BYTES} bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
 /// Endpoint: empty, or `host:port` with port 1..=65535, at most 255 bytes.
 ///
 /// # Errors
