@@ -1,0 +1,1 @@
+//! Certificates and policies changed on disk apply within 10 s.
