@@ -4,7 +4,8 @@
 //!
 //! One module per topic: [`tls`] (TLS, mTLS identities), [`jwt`]
 //! (JWT-SVIDs), [`policy`], [`ownership`] (agents owned by identities, on
-//! both stores), [`limits`] (every limit and the attacks they bound),
+//! both stores), [`limits`] (the per-call limits and backlogs),
+//! [`connections`] (connection bounds and the attacks on them),
 //! [`malformed`] (bodies that are not protobuf), [`reload`] (certificates and
 //! policies changed on disk); credentials come from [`pki`], the rest from
 //! [`support`].
@@ -15,6 +16,8 @@ mod common;
 #[path = "ops/support.rs"]
 mod ops_support;
 
+#[path = "auth/connections.rs"]
+mod connections;
 #[path = "auth/jwt.rs"]
 mod jwt;
 #[path = "auth/limits.rs"]

@@ -112,3 +112,36 @@ async fn bodies_that_are_not_protobuf_are_invalid_argument_on_every_rpc() {
     assert!(listed.unwrap().into_inner().agents.is_empty());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn filters_and_watch_namespaces_obey_the_label_rules() {
+    use agent_registry::pb;
+    let server = Server::start(&[]).await;
+    let mut client = server.client().await;
+    let watch = pb::WatchAgentsRequest {
+        namespace: "a\u{7}b".into(),
+        ..Default::default()
+    };
+    let refused = client.watch_agents(watch).await.err().map(|s| s.code());
+    assert_eq!(refused, Some(Code::InvalidArgument));
+    for (key, value) in [
+        ("namespace", "a\u{7}b".to_owned()),
+        ("cluster", "c".repeat(129)),
+        ("version", "\n".to_owned()),
+        ("bad\u{1}key", "x".to_owned()),
+        ("", "x".to_owned()),
+    ] {
+        let list = pb::ListAgentsRequest {
+            filters: [(key.to_owned(), value)].into(),
+            ..Default::default()
+        };
+        let code = client.list_agents(list).await.err().map(|s| s.code());
+        assert_eq!(code, Some(Code::InvalidArgument), "{key:?}");
+    }
+    let fine = pb::ListAgentsRequest {
+        filters: [("namespace".to_owned(), "prod".to_owned())].into(),
+        ..Default::default()
+    };
+    client.list_agents(fine).await.unwrap();
+    server.stop().await;
+}
