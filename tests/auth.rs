@@ -5,7 +5,8 @@
 //! One module per topic: [`tls`] (TLS, mTLS identities), [`jwt`]
 //! (JWT-SVIDs), [`policy`], [`ownership`] (agents owned by identities, on
 //! both stores), [`limits`] (the per-call limits and backlogs),
-//! [`connections`] (connection bounds and the attacks on them),
+//! [`connections`] (connection bounds and the attacks on them), [`clients`]
+//! (the SDK and registryctl over mTLS with JWT-SVIDs),
 //! [`malformed`] (bodies that are not protobuf), [`reload`] (certificates and
 //! policies changed on disk); credentials come from [`pki`], the rest from
 //! [`support`].
@@ -16,6 +17,8 @@ mod common;
 #[path = "ops/support.rs"]
 mod ops_support;
 
+#[path = "auth/clients.rs"]
+mod clients;
 #[path = "auth/connections.rs"]
 mod connections;
 #[path = "auth/jwt.rs"]
