@@ -6,7 +6,8 @@
 //! (JWT-SVIDs), [`policy`], [`ownership`] (agents owned by identities, on
 //! both stores), [`limits`] (the per-call limits and backlogs),
 //! [`connections`] (connection bounds and the attacks on them), [`clients`]
-//! (the SDK and registryctl over mTLS with JWT-SVIDs),
+//! (the SDK and registryctl over mTLS with JWT-SVIDs), [`logs`] (no
+//! credential in any log line),
 //! [`malformed`] (bodies that are not protobuf), [`reload`] (certificates and
 //! policies changed on disk); credentials come from [`pki`], the rest from
 //! [`support`].
@@ -25,6 +26,8 @@ mod connections;
 mod jwt;
 #[path = "auth/limits.rs"]
 mod limits;
+#[path = "auth/logs.rs"]
+mod logs;
 #[path = "auth/malformed.rs"]
 mod malformed;
 #[path = "auth/ownership.rs"]
