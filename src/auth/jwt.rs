@@ -13,7 +13,7 @@
 use jsonwebtoken::{
     Algorithm, DecodingKey, Validation,
     errors::ErrorKind,
-    jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse},
+    jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse},
 };
 use serde::Deserialize;
 
@@ -125,6 +125,7 @@ impl JwtVerifier {
         let mut validation = Validation::new(header.alg);
         validation.algorithms = key.algorithms.clone();
         validation.leeway = 0;
+        validation.validate_nbf = true;
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "aud", "sub"]);
         let data =
@@ -162,6 +163,23 @@ fn usable_key(value: serde_json::Value) -> Option<BundleKey> {
         },
         AlgorithmParameters::RSA(_) => vec![Algorithm::RS256, Algorithm::PS256],
         _ => return None,
+    };
+    // A key that names its algorithm is used for that one only.
+    let algorithms = match jwk.common.key_algorithm {
+        None => algorithms,
+        Some(declared) => {
+            let declared = match declared {
+                KeyAlgorithm::ES256 => Algorithm::ES256,
+                KeyAlgorithm::ES384 => Algorithm::ES384,
+                KeyAlgorithm::RS256 => Algorithm::RS256,
+                KeyAlgorithm::PS256 => Algorithm::PS256,
+                _ => return None,
+            };
+            if !algorithms.contains(&declared) {
+                return None;
+            }
+            vec![declared]
+        }
     };
     let key = DecodingKey::from_jwk(&jwk).ok()?;
     Some(BundleKey {

@@ -42,6 +42,9 @@ const PREFACE_LEN: usize = 24;
 /// Connections handed over but not yet taken by the server.
 const HANDOFF_QUEUE: usize = 64;
 
+/// Idle time before TCP keepalive probes start.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
 /// Pause after a failed accept (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -140,9 +143,14 @@ async fn accept_loop(
             drop(stream);
             continue;
         };
-        // Small responses must not wait for delayed ACKs (Nagle).
+        // Small responses must not wait for delayed ACKs (Nagle); dead
+        // peers are noticed by TCP keepalive too, not only HTTP/2 pings.
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+        if let Err(error) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+            tracing::debug!(%error, "cannot set TCP keepalive");
         }
         let tls = accept.tls.as_ref().map(|tls| tls.get());
         let timeout = accept.handshake_timeout;
