@@ -180,3 +180,45 @@ async fn streams_held_open_beyond_max_concurrent_streams_are_not_served_on_that_
     assert!(matches!(fourth, Ok(Ok(_))), "{fourth:?}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn tls_connections_that_never_finish_the_handshake_are_closed_after_the_timeout() {
+    let (ca, files) = (crate::pki::Ca::new("test ca"), crate::support::Files::new());
+    let leaf = ca.server(1);
+    files.write("tls.crt", &leaf.cert);
+    files.write("tls.key", &leaf.key);
+    let (cert, key) = (files.path("tls.crt"), files.path("tls.key"));
+    let flags = [
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--max-connections",
+        "3",
+    ];
+    let server = Server::start_with(&flags, |settings| {
+        settings.security.limits.handshake_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    // The start of a TLS record that never completes.
+    idle[0]
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+        .await
+        .unwrap();
+    for socket in &mut idle {
+        assert!(
+            closed_by_server(socket, Duration::from_secs(3)).await,
+            "idle TLS connection kept"
+        );
+    }
+    let mut client = server.tls_client(&ca, None).await.unwrap();
+    assert_eq!(
+        list(&mut client, tonic::Request::new(Default::default())).await,
+        Code::Ok
+    );
+    server.stop().await;
+}
