@@ -6,7 +6,7 @@ CARGO ?= cargo
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: run test test-web chromium lint k8s-lint fmt deps build bench clean
+.PHONY: run test test-web chromium lint k8s-lint fmt deps build bench clean fuzz
 
 # k8s-lint: a local virtualenv holding the Kubernetes JSON schemas (PyPI
 # package kubernetes-validate), created on first use.
@@ -113,6 +113,24 @@ deps:
 		echo "install it, e.g.: sudo apt-get install redis-server" >&2; \
 		exit 1; \
 	fi
+
+## fuzz: each cargo-fuzz target of fuzz/ for FUZZ_SECONDS (nightly; installs
+## cargo-fuzz when missing). Not part of `make test`.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= requests credentials
+fuzz:
+	@if ! rustup toolchain list | grep -q '^nightly'; then \
+		echo "installing the nightly toolchain (cargo-fuzz needs it)"; \
+		rustup toolchain install nightly --profile minimal; \
+	fi
+	@if ! $(CARGO) fuzz --version >/dev/null 2>&1; then \
+		echo "installing cargo-fuzz"; \
+		$(CARGO) install cargo-fuzz --locked; \
+	fi
+	@for target in $(FUZZ_TARGETS); do \
+		echo "fuzzing $$target for $(FUZZ_SECONDS) s"; \
+		$(CARGO) +nightly fuzz run --fuzz-dir fuzz $$target -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 || exit 1; \
+	done
 
 ## bench: throughput and p50/p99 of every operation on both stores (release build)
 bench: deps

@@ -98,8 +98,34 @@ def check_servicemonitor(doc: dict, where: str, report: Report) -> None:
             report.error(where, f"spec.endpoints.{i}.port: must be a Service port name")
 
 
+def check_certificate(doc: dict, where: str, report: Report) -> None:
+    """The parts of a cert-manager Certificate that matter here."""
+    spec = doc.get("spec")
+    if not isinstance(spec, dict):
+        report.error(where, "spec: missing")
+        return
+    allowed = {
+        "secretName", "issuerRef", "dnsNames", "ipAddresses", "uris", "emailAddresses",
+        "commonName", "duration", "renewBefore", "renewBeforePercentage", "usages",
+        "privateKey", "isCA", "subject", "secretTemplate", "keystores",
+        "revisionHistoryLimit", "additionalOutputFormats", "literalSubject",
+        "encodeUsagesInRequest", "nameConstraints", "otherNames", "signatureAlgorithm",
+    }
+    for key in spec:
+        if key not in allowed:
+            report.error(where, f"spec.{key}: unknown Certificate field")
+    if not isinstance(spec.get("secretName"), str):
+        report.error(where, "spec.secretName: missing")
+    issuer = spec.get("issuerRef")
+    if not isinstance(issuer, dict) or not isinstance(issuer.get("name"), str):
+        report.error(where, "spec.issuerRef.name: missing")
+    if not (spec.get("dnsNames") or spec.get("ipAddresses") or spec.get("uris") or spec.get("commonName")):
+        report.error(where, "spec: names nothing (dnsNames, ipAddresses, uris or commonName)")
+
+
 CUSTOM_KINDS: dict[tuple[str, str], Callable[[dict, str, Report], None]] = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): check_servicemonitor,
+    ("cert-manager.io/v1", "Certificate"): check_certificate,
 }
 
 
@@ -164,6 +190,16 @@ def read_kustomization(folder: str) -> dict:
             with open(path, encoding="utf-8") as f:
                 return yaml.safe_load(f) or {}
     return {}
+
+
+def generator_inputs(folder: str) -> set[str]:
+    """The files a kustomization's generators turn into ConfigMaps or Secrets."""
+    k = read_kustomization(folder)
+    return {
+        os.path.normpath(os.path.join(folder, ref.split("=", 1)[-1]))
+        for gen in (k.get("configMapGenerator") or []) + (k.get("secretGenerator") or [])
+        for ref in gen.get("files") or []
+    }
 
 
 def check_kustomization(folder: str, report: Report) -> set[str]:
@@ -320,9 +356,12 @@ def main() -> int:
         for f in files
         if f.endswith((".yaml", ".yml")) and not is_kustomization(f)
     )
+    data = set().union(*(generator_inputs(folder) for folder in folders)) if folders else set()
     for path in manifests:
         if path not in used:
             report.error(path, "not listed by any kustomization (forgotten, or a typo in resources:)")
+        if path in data:
+            continue  # a generator's input (e.g. a policy file): data, not a manifest
         with open(path, encoding="utf-8") as f:
             docs = load_yaml_documents(f.read(), path, report)
         validate_documents(docs, path, versions, report)

@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::TtlPolicy,
     domain::{
-        Agent, AgentId, Change, Error, History, Notification, Result, Revision, Telemetry, Token,
+        Agent, AgentId, Caller, Change, Error, History, Notification, Result, Revision, Telemetry,
+        Token,
         agent::Registration,
         clock::Clock,
         query::{AgentFilter, DiscoverQuery, ListKey, WatchSelection},
@@ -53,6 +54,9 @@ pub struct Call {
     pub token: Option<Token>,
     /// How long the caller is willing to wait, if it said.
     pub deadline: Option<Duration>,
+    /// Who is calling (BEHAVIOUR.md §9): the identity a new agent belongs
+    /// to, and that may act on it without its token.
+    pub caller: Caller,
 }
 
 /// A read's answer, and whether it came from a view the store could not
@@ -224,6 +228,9 @@ pub struct Policy {
     pub require_token: bool,
     /// How often watches that ask for progress get a BOOKMARK.
     pub bookmark_interval: Duration,
+    /// Registered agents at most: a Register that would create one more is
+    /// refused.
+    pub max_agents: usize,
 }
 
 /// The registry: the nine operations over one store, this replica's view
@@ -274,9 +281,11 @@ impl<S: Store> Registry<S> {
             agent_id: request.agent_id,
             presented,
             require_token: self.policy.require_token,
+            caller: call.caller.owner_key(),
             fresh_token: Token::mint()?,
         };
         self.refuse_while_unavailable(call).await?;
+        self.refuse_beyond_max_agents(request.agent_id)?;
         let registered = self.store.register(cmd, self.clock.now()).await?;
         record_agent_id(&registered.agent.id);
         self.settle(registered.revision).await;
@@ -456,7 +465,26 @@ impl<S: Store> Registry<S> {
         Ownership {
             presented: call.token.as_ref().map(Token::hash),
             required: self.policy.require_token,
+            caller: call.caller.owner_key(),
         }
+    }
+
+    /// A Register that would create an agent beyond `max_agents` is
+    /// refused; re-registering an agent this replica knows is not. Counted
+    /// on this replica's view, so replicas racing at the bound may overshoot
+    /// it by the writes in flight.
+    fn refuse_beyond_max_agents(&self, agent_id: Option<AgentId>) -> Result<()> {
+        if agent_id.is_some_and(|id| self.view.get(id).is_some()) {
+            return Ok(());
+        }
+        let registered: usize = self.view.population().values().sum();
+        if registered >= self.policy.max_agents {
+            return Err(Error::ResourceExhausted(format!(
+                "the registry holds its maximum of {} agents (--max-agents)",
+                self.policy.max_agents
+            )));
+        }
+        Ok(())
     }
 
     /// A replica whose view does not follow a reachable store refuses writes

@@ -7,7 +7,7 @@
 
 pub mod legacy;
 
-use std::{fmt, net::IpAddr, time::Duration};
+use std::{fmt, net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::{ArgAction, Parser, ValueEnum, builder::BoolishValueParser};
 
@@ -115,6 +115,55 @@ pub struct Config {
     /// Log format: text or json. The level comes from RUST_LOG (default info).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// PEM certificate chain: the gRPC port serves TLS only (with --tls-key).
+    #[arg(long, env = "TLS_CERT_FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TLS_KEY_FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: clients must present a certificate that chains to it
+    /// (mTLS); their identity is its URI SAN, else its subject CN.
+    #[arg(long, env = "TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// JWKS (a SPIFFE JWT bundle) whose keys sign JWT-SVIDs sent as
+    /// `authorization: Bearer <jwt>`.
+    #[arg(long, env = "SPIFFE_JWT_BUNDLE_FILE")]
+    pub jwt_bundle: Option<PathBuf>,
+    /// Audience a JWT-SVID must carry.
+    #[arg(long, env = "SPIFFE_JWT_AUDIENCE", default_value = "agent-registry")]
+    pub jwt_audience: String,
+    /// YAML (or JSON) policy of who may call what; unset = everyone may call
+    /// everything.
+    #[arg(long, env = "AUTHZ_POLICY_FILE")]
+    pub authz_policy: Option<PathBuf>,
+    /// Bytes: larger requests are RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 1_048_576)]
+    pub max_message_bytes: usize,
+    /// Open WatchAgents + SubscribeNotifications streams per replica.
+    #[arg(long, env = "MAX_STREAMS", default_value_t = 10_000)]
+    pub max_streams: usize,
+    /// Seconds a client connection lives before it is closed gracefully
+    /// (GOAWAY), so clients rebalance over replicas (0 = off).
+    #[arg(long, env = "MAX_CONNECTION_AGE", default_value_t = 0)]
+    pub max_connection_age: u64,
+    /// Calls per second per identity (per peer address when anonymous),
+    /// bursts of 2 s (0 = off).
+    #[arg(long, env = "RATE_LIMIT", default_value_t = 0)]
+    pub rate_limit: u32,
+    /// Open client connections per replica; beyond, new ones are closed.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// HTTP/2 streams per connection.
+    #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+    /// Bytes: a ListAgents or DiscoverAgents answer larger than this is
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MAX_RESPONSE_BYTES", default_value_t = 67_108_864)]
+    pub max_response_bytes: usize,
+    /// Registered agents; a Register that would create one more is
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MAX_AGENTS", default_value_t = 1_000_000)]
+    pub max_agents: usize,
 }
 
 /// Which store backs the registry.
@@ -232,7 +281,70 @@ pub struct Settings {
     pub bookmark_interval: Duration,
     /// What start-up must say about the original service's environment.
     pub legacy: legacy::Report,
+    /// Identity, TLS, policy and limits (BEHAVIOUR.md §9).
+    pub security: SecuritySettings,
 }
+
+/// The files that carry credentials and policy (each reloaded when it
+/// changes on disk).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecurityFiles {
+    /// Certificate chain and key: TLS on the gRPC port.
+    pub tls: Option<TlsFiles>,
+    /// CA bundle client certificates must chain to (needs `tls`).
+    pub client_ca: Option<PathBuf>,
+    /// JWKS of the JWT-SVID signers.
+    pub jwt_bundle: Option<PathBuf>,
+    /// The authorization policy.
+    pub policy: Option<PathBuf>,
+}
+
+/// A certificate chain and its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// The limits of BEHAVIOUR.md §9, in the units the server uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body accepted.
+    pub max_message_bytes: usize,
+    /// Open streams per replica.
+    pub max_streams: usize,
+    /// Connection lifetime before a graceful GOAWAY (`None` = unbounded).
+    pub max_connection_age: Option<Duration>,
+    /// Calls per second per caller (`None` = unlimited).
+    pub rate_limit: Option<u32>,
+    /// Open client connections.
+    pub max_connections: usize,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Largest List/Discover answer.
+    pub max_response_bytes: usize,
+    /// Registered agents.
+    pub max_agents: usize,
+    /// Time a connection has to complete its TLS and HTTP/2 handshakes
+    /// (10 s; not a flag: tests shorten it).
+    pub handshake_timeout: Duration,
+}
+
+/// Identity, TLS, policy and limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecuritySettings {
+    /// Credential and policy files.
+    pub files: SecurityFiles,
+    /// Audience a JWT-SVID must carry.
+    pub jwt_audience: String,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// Time a new connection has to complete its handshakes (BEHAVIOUR.md §9).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A setting that clap parsed but that does not make sense with the others.
 /// Its message starts with the name of the setting.
@@ -364,6 +476,7 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let security = self.security()?;
         Ok(Settings {
             grpc_addr: (self.host, port).into(),
             metrics_addr: (self.host, self.metrics_port).into(),
@@ -383,6 +496,84 @@ impl Config {
             watch_history: self.watch_history,
             bookmark_interval: Duration::from_secs(u64::from(self.bookmark_interval)),
             legacy: report,
+            security,
+        })
+    }
+
+    /// The §9 settings, checked.
+    fn security(&self) -> Result<SecuritySettings, ConfigError> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "--tls-key (TLS_KEY_FILE)",
+                    "required with --tls-cert (TLS_CERT_FILE)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "--tls-cert (TLS_CERT_FILE)",
+                    "required with --tls-key (TLS_KEY_FILE)",
+                ));
+            }
+        };
+        if self.tls_client_ca.is_some() && tls.is_none() {
+            return Err(ConfigError::new(
+                "--tls-client-ca (TLS_CLIENT_CA_FILE)",
+                "needs --tls-cert and --tls-key: client certificates travel over TLS",
+            ));
+        }
+        if self.jwt_audience.is_empty() {
+            return Err(ConfigError::new(
+                "--jwt-audience (SPIFFE_JWT_AUDIENCE)",
+                "must not be empty",
+            ));
+        }
+        let at_least_one = |value: usize, setting: &'static str| {
+            if value == 0 {
+                Err(ConfigError::new(setting, "must be at least 1"))
+            } else {
+                Ok(value)
+            }
+        };
+        let limits = Limits {
+            max_message_bytes: at_least_one(
+                self.max_message_bytes,
+                "--max-message-bytes (MAX_MESSAGE_BYTES)",
+            )?,
+            max_streams: at_least_one(self.max_streams, "--max-streams (MAX_STREAMS)")?,
+            max_connection_age: (self.max_connection_age > 0)
+                .then(|| Duration::from_secs(self.max_connection_age)),
+            rate_limit: (self.rate_limit > 0).then_some(self.rate_limit),
+            max_connections: at_least_one(
+                self.max_connections,
+                "--max-connections (MAX_CONNECTIONS)",
+            )?,
+            max_concurrent_streams: u32::try_from(at_least_one(
+                self.max_concurrent_streams as usize,
+                "--max-concurrent-streams (MAX_CONCURRENT_STREAMS)",
+            )?)
+            .unwrap_or(u32::MAX),
+            max_response_bytes: at_least_one(
+                self.max_response_bytes,
+                "--max-response-bytes (MAX_RESPONSE_BYTES)",
+            )?,
+            max_agents: at_least_one(self.max_agents, "--max-agents (MAX_AGENTS)")?,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        };
+        Ok(SecuritySettings {
+            files: SecurityFiles {
+                tls,
+                client_ca: self.tls_client_ca.clone(),
+                jwt_bundle: self.jwt_bundle.clone(),
+                policy: self.authz_policy.clone(),
+            },
+            jwt_audience: self.jwt_audience.clone(),
+            limits,
         })
     }
 
@@ -535,6 +726,7 @@ impl fmt::Debug for Settings {
             .field("watch_history", &self.watch_history)
             .field("bookmark_interval", &self.bookmark_interval)
             .field("legacy_env", &self.legacy.present)
+            .field("security", &self.security)
             .finish()
     }
 }

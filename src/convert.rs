@@ -182,10 +182,17 @@ pub fn filter(agent_type: i32, filters: HashMap<String, String>) -> Result<Agent
         ..AgentFilter::default()
     };
     for (key, value) in validate::metadata("filters", filters)? {
+        validate::filter_key(&key)?;
         match key.as_str() {
-            "namespace" => filter.namespace = Some(value),
-            "cluster" => filter.cluster = Some(value),
-            "version" => filter.version = Some(value),
+            "namespace" => {
+                filter.namespace = Some(validate::label_filter("filters[\"namespace\"]", value)?);
+            }
+            "cluster" => {
+                filter.cluster = Some(validate::label_filter("filters[\"cluster\"]", value)?);
+            }
+            "version" => {
+                filter.version = Some(validate::label_filter("filters[\"version\"]", value)?);
+            }
             "status" => filter.status = Some(validate::status_filter(&value)?),
             "agent_type" => {
                 let named = validate::agent_type_filter(&value)?;
@@ -292,10 +299,7 @@ pub fn discover_query(req: pb::DiscoverRequest) -> Result<DiscoverQuery> {
 /// A whole WatchAgents request: the selection, snapshot or resume point,
 /// and progress (BEHAVIOUR.md §4, §11).
 pub fn watch_request(req: pb::WatchAgentsRequest) -> Result<api::WatchRequest> {
-    let namespace = req.namespace;
-    if namespace.len() > validate::MAX_LABEL_BYTES {
-        return Err(Error::invalid("namespace", "at most 128 bytes"));
-    }
+    let namespace = validate::label_filter("namespace", req.namespace)?;
     if req.start_revision > 0 && req.send_initial_snapshot {
         return Err(Error::invalid(
             "start_revision",

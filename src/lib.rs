@@ -22,6 +22,8 @@
 //!   to statuses in one place, per-call metrics and spans in one layer.
 //! - [`http`]: the HTTP/JSON door (same decode → [`api`] → encode), the
 //!   watch stream as Server-Sent Events, and the web console.
+//! - [`auth`]: identity (mTLS, JWT-SVID), TLS, the authorization policy,
+//!   limits and their reload (BEHAVIOUR.md §9), applied by one tower layer.
 //! - [`server`]: the composition root.
 //! - [`backoff`], [`sync`]: retry timing and lock helpers used everywhere.
 //! - [`config`]: flags and environment variables.
@@ -33,6 +35,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod backoff;
 pub mod client;
 pub mod config;

@@ -46,6 +46,14 @@ pub struct Metrics {
     pub store_errors: IntCounter,
     /// Watch and notification streams ended with ABORTED.
     pub streams_aborted: IntCounter,
+    /// Refused credentials and calls, by reason (`missing`, `invalid`,
+    /// `expired`, `denied`).
+    pub auth_failures: IntCounterVec,
+    /// Changed certificate, key, CA, JWT bundle or policy files that could
+    /// not be used (the old ones stay).
+    pub reload_errors: IntCounter,
+    /// Calls and connections refused by a limit, by limit.
+    pub limited: IntCounterVec,
 }
 
 /// The gauges' values at scrape time, from whoever owns what they count.
@@ -122,6 +130,26 @@ impl Metrics {
                 )
                 .namespace(NAMESPACE),
             )?,
+            auth_failures: IntCounterVec::new(
+                Opts::new(
+                    "auth_failures_total",
+                    "Refused credentials and calls, by reason",
+                )
+                .namespace(NAMESPACE),
+                &["reason"],
+            )?,
+            reload_errors: IntCounter::with_opts(
+                Opts::new(
+                    "reload_errors_total",
+                    "Changed credential or policy files that could not be used",
+                )
+                .namespace(NAMESPACE),
+            )?,
+            limited: IntCounterVec::new(
+                Opts::new("limited_total", "Calls and connections refused by a limit")
+                    .namespace(NAMESPACE),
+                &["limit"],
+            )?,
             registry,
         };
         for c in [
@@ -133,6 +161,9 @@ impl Metrics {
             Box::new(metrics.expired.clone()),
             Box::new(metrics.store_errors.clone()),
             Box::new(metrics.streams_aborted.clone()),
+            Box::new(metrics.auth_failures.clone()),
+            Box::new(metrics.reload_errors.clone()),
+            Box::new(metrics.limited.clone()),
         ] {
             metrics.registry.register(c)?;
         }

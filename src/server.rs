@@ -13,11 +13,16 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use axum::serve::ListenerExt;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 use crate::{
     admin::{self, AdminState, Readiness},
     api::{Policy, Registry},
+    auth::{
+        Security,
+        layer::GuardLayer,
+        listener::{self, Accept},
+        reload::{self, Source},
+    },
     config::{RedisTopology, Settings, StoreSettings, legacy},
     domain::clock::{Clock, SystemClock},
     feed,
@@ -123,6 +128,10 @@ struct Common {
     shutdown: CancellationToken,
     /// Stops the background tasks once the server has drained.
     background: CancellationToken,
+    /// Identity, policy and limits.
+    security: Arc<Security>,
+    /// Credential and policy files to reload when they change.
+    reload: Vec<Source>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
@@ -139,7 +148,22 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let (grpc, grpc_addr) = bind(settings.grpc_addr).await?;
     let (admin, metrics_addr) = bind(settings.metrics_addr).await?;
-    let (http, http_addr) = match settings.http_addr {
+    let files = &settings.security.files;
+    let secured = files.tls.is_some() || files.jwt_bundle.is_some() || files.policy.is_some();
+    let http_addr = match settings.http_addr {
+        // The HTTP API does not apply TLS, JWT-SVIDs or the policy yet: it
+        // must not become a plaintext, unauthorized door next to a secured
+        // gRPC port.
+        Some(_) if secured => {
+            tracing::warn!(
+                "HTTP API off: it does not apply --tls-cert, --jwt-bundle or --authz-policy yet \
+                 (BEHAVIOUR.md §9, §12); use gRPC, or run without them"
+            );
+            None
+        }
+        other => other,
+    };
+    let (http, http_addr) = match http_addr {
         Some(addr) => {
             let (listener, bound) = bind(addr).await?;
             (Some(listener), Some(bound))
@@ -147,6 +171,11 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         None => (None, None),
     };
     let metrics = Arc::new(Metrics::new().expect("metric names are distinct constants"));
+    let (security, reload) =
+        Security::load(&settings.security, metrics.clone()).map_err(|e| StartError::Config {
+            setting: e.setting,
+            reason: e.reason,
+        })?;
     let shutdown = CancellationToken::new();
     let background = CancellationToken::new();
     let view = View::new();
@@ -161,6 +190,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         http,
         shutdown: shutdown.clone(),
         background: background.clone(),
+        security: Arc::new(security),
+        reload,
     };
     let task = match &settings.store {
         StoreSettings::Memory => {
@@ -271,7 +302,10 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
         http,
         shutdown,
         background,
+        security,
+        reload,
     } = common;
+    let limits = settings.security.limits.clone();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let readiness = Arc::new(Readiness::default());
     let (health, health_service) = health::health_service(shutdown.clone());
@@ -297,6 +331,22 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
         shutdown.clone(),
         background.clone(),
     )));
+    tasks.push(tokio::spawn(reload::watch(
+        reload,
+        metrics.reload_errors.clone(),
+        background.clone(),
+    )));
+    let (incoming, accept_loop) = listener::incoming(
+        grpc,
+        Accept {
+            tls: security.tls.clone(),
+            max_connections: limits.max_connections,
+            handshake_timeout: limits.handshake_timeout,
+            limited: metrics.limited.clone(),
+        },
+        shutdown.clone(),
+    );
+    tasks.push(accept_loop);
     tasks.push(tokio::spawn(admin::serve(
         admin,
         AdminState {
@@ -310,6 +360,7 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
         ttl: settings.ttl,
         require_token: settings.require_token,
         bookmark_interval: settings.bookmark_interval,
+        max_agents: limits.max_agents,
     };
     let registry = Arc::new(Registry {
         store,
@@ -333,7 +384,8 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
             shutdown.clone(),
         )));
     }
-    let service = RegistryService::new(registry, &metrics);
+    let service =
+        RegistryService::new(registry, &metrics).with_max_response_bytes(limits.max_response_bytes);
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -345,21 +397,26 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .expect("the embedded descriptor sets decode");
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(limits.max_concurrent_streams);
+    if let Some(age) = limits.max_connection_age {
+        // GOAWAY at the age; calls in flight finish. No
+        // `max_connection_age_grace`: with one, tonic 0.14 skips the
+        // graceful GOAWAY and closes the connection at age + grace.
+        builder = builder.max_connection_age(age);
+    }
+    let server = builder
         .layer(ObserveLayer::new(metrics))
+        .layer(GuardLayer::new(security))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ServiceRegistryServer::new(service))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(grpc)
-                // Small responses must not wait for delayed ACKs (Nagle).
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(Duration::from_secs(60))),
-            shutdown.clone().cancelled_owned(),
-        );
+        .add_service(
+            ServiceRegistryServer::new(service).max_decoding_message_size(limits.max_message_bytes),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     let drain_deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(DRAIN_GRACE).await;

@@ -38,7 +38,8 @@ use std::{collections::HashMap, time::Duration};
 
 use tonic::{
     Code, Request, Streaming,
-    transport::{Channel, Endpoint},
+    metadata::{Ascii, MetadataValue},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
 pub use cache::DiscoveryCache;
@@ -112,6 +113,22 @@ impl From<tonic::Status> for ClientError {
     }
 }
 
+/// `Bearer <jwt>` as a sensitive header value.
+fn bearer_value(endpoint: &str, jwt: Option<&str>) -> Result<Option<MetadataValue<Ascii>>> {
+    let Some(jwt) = jwt.filter(|j| !j.is_empty()) else {
+        return Ok(None);
+    };
+    let mut value: MetadataValue<Ascii> =
+        format!("Bearer {jwt}")
+            .parse()
+            .map_err(|_| ClientError::Endpoint {
+                endpoint: endpoint.to_owned(),
+                reason: "the JWT-SVID is not printable ASCII".to_owned(),
+            })?;
+    value.set_sensitive(true);
+    Ok(Some(value))
+}
+
 /// Result of SDK calls.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
@@ -121,6 +138,35 @@ pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 pub struct RegistryClient {
     inner: ServiceRegistryClient<Channel>,
     timeout: Duration,
+    /// `Bearer <jwt>` sent on every call (marked sensitive: never printed).
+    bearer: Option<MetadataValue<Ascii>>,
+}
+
+/// How the SDK reaches a registry with TLS and identities (BEHAVIOUR.md §9).
+/// The endpoint must be `https://` for TLS.
+#[derive(Clone, Default)]
+pub struct ClientSecurity {
+    /// PEM bundle the registry's certificate must chain to.
+    pub ca_pem: Option<String>,
+    /// PEM client certificate and key, for a registry that asks for them
+    /// (mTLS).
+    pub identity: Option<(String, String)>,
+    /// Name the registry's certificate must carry, when not the endpoint's
+    /// host.
+    pub server_name: Option<String>,
+    /// A JWT-SVID, sent as `authorization: Bearer` on every call.
+    pub bearer: Option<String>,
+}
+
+impl std::fmt::Debug for ClientSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSecurity")
+            .field("ca_pem", &self.ca_pem.is_some())
+            .field("identity", &self.identity.is_some())
+            .field("server_name", &self.server_name)
+            .field("bearer", &self.bearer.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 impl RegistryClient {
@@ -151,12 +197,60 @@ impl RegistryClient {
     /// [`ClientError::Endpoint`] for a malformed endpoint, `UNAVAILABLE`
     /// when nothing answers there.
     pub async fn connect(endpoint: impl Into<String>) -> Result<Self> {
-        let endpoint = Self::endpoint(endpoint.into())?;
-        let channel = endpoint.connect().await.map_err(|e| ClientError::Status {
-            code: Code::Unavailable,
-            message: format!("cannot connect: {}", error_chain(&e)),
-        })?;
-        Ok(Self::from_channel(channel))
+        Self::connect_with(endpoint, &ClientSecurity::default()).await
+    }
+
+    /// Connects with TLS (an `https://` endpoint), a client certificate
+    /// and/or a JWT-SVID, as `security` says.
+    ///
+    /// # Errors
+    /// [`ClientError::Endpoint`] for a malformed endpoint or unusable TLS
+    /// material, `UNAVAILABLE` when nothing answers there (or the TLS
+    /// handshake fails).
+    pub async fn connect_with(
+        endpoint: impl Into<String>,
+        security: &ClientSecurity,
+    ) -> Result<Self> {
+        let endpoint = endpoint.into();
+        let bearer = bearer_value(&endpoint, security.bearer.as_deref())?;
+        let channel = Self::secured(Self::endpoint(endpoint.clone())?, &endpoint, security)?
+            .connect()
+            .await
+            .map_err(|e| ClientError::Status {
+                code: Code::Unavailable,
+                message: format!("cannot connect: {}", error_chain(&e)),
+            })?;
+        Ok(Self {
+            bearer,
+            ..Self::from_channel(channel)
+        })
+    }
+
+    fn secured(endpoint: Endpoint, name: &str, security: &ClientSecurity) -> Result<Endpoint> {
+        if security.ca_pem.is_none()
+            && security.identity.is_none()
+            && security.server_name.is_none()
+        {
+            return Ok(endpoint);
+        }
+        // rustls needs a process-wide crypto provider and several are
+        // linked in: name ring unless the application chose one already
+        // (then this is a no-op).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &security.ca_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &security.identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(server_name) = &security.server_name {
+            tls = tls.domain_name(server_name.clone());
+        }
+        endpoint.tls_config(tls).map_err(|e| ClientError::Endpoint {
+            endpoint: name.to_owned(),
+            reason: error_chain(&e),
+        })
     }
 
     /// A client that connects on first use (and whenever the connection
@@ -190,6 +284,7 @@ impl RegistryClient {
         Self {
             inner: ServiceRegistryClient::new(channel),
             timeout: Self::DEFAULT_TIMEOUT,
+            bearer: None,
         }
     }
 
@@ -210,12 +305,23 @@ impl RegistryClient {
     }
 
     fn request<T>(&self, message: T, token: Option<&str>) -> Request<T> {
-        let mut request = Request::new(message);
+        let mut request = self.bare(message);
         request.set_timeout(self.timeout);
         if let Some(token) = token.filter(|t| !t.is_empty())
             && let Ok(value) = token.parse()
         {
             request.metadata_mut().insert("x-registration-token", value);
+        }
+        request
+    }
+
+    /// A request carrying the bearer token, if any.
+    fn bare<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(bearer) = &self.bearer {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
         }
         request
     }
@@ -360,7 +466,7 @@ impl RegistryClient {
         &self,
         request: pb::WatchAgentsRequest,
     ) -> Result<Streaming<pb::AgentChangeEvent>> {
-        let request = Request::new(request);
+        let request = self.bare(request);
         self.call(self.inner.clone().watch_agents(request)).await
     }
 

@@ -5,6 +5,7 @@
 //! Depends on: std, uuid, sha2/subtle (tokens), thiserror.
 
 pub mod agent;
+pub mod caller;
 pub mod clock;
 pub mod query;
 pub mod rpc;
@@ -14,7 +15,8 @@ pub mod validate;
 use std::{collections::BTreeMap, fmt, str::FromStr, sync::Arc};
 
 pub use agent::{Agent, Telemetry};
-pub use token::{Token, TokenHash};
+pub use caller::{Caller, Identity};
+pub use token::{Ownership, Token, TokenHash};
 
 /// Milliseconds since the Unix epoch: every deadline and timestamp inside the
 /// registry. The wire carries whole seconds (see [`to_secs`]).
@@ -279,6 +281,10 @@ pub enum Error {
         /// The oldest revision a watch can resume after.
         oldest: Revision,
     },
+    /// A limit of the registry was reached (BEHAVIOUR.md §9); the message
+    /// says which and what to do.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// This replica does not follow a reachable store right now (the store
     /// is down, or the view is still loading): refused before touching it.
     #[error("registry store unavailable; retry later")]

@@ -106,17 +106,39 @@ impl fmt::Debug for TokenHash {
     }
 }
 
-/// The ownership check of §3, run after the agent was found.
+/// What a caller offers to prove it owns an agent (BEHAVIOUR.md §3, §9).
+#[derive(Copy, Clone, Debug, Default)]
+pub struct Ownership {
+    /// Hash of the token the caller presented, if any.
+    pub presented: Option<TokenHash>,
+    /// Whether a missing token is refused.
+    pub required: bool,
+    /// The owner key of the caller's identity ([`super::Identity::owner_key`]),
+    /// when it has one.
+    pub caller: Option<TokenHash>,
+}
+
+/// The ownership check of §3 and §9, run after the agent was found. `stored`
+/// is the agent's token hash, `owner` the key of the identity that
+/// registered it (if one did).
+///
+/// A presented token decides alone: it works from any caller, and a wrong
+/// one is refused whoever sends it. Without a token, the owning identity is
+/// let in, another identity is refused, and an anonymous caller needs the
+/// token when tokens are required.
 ///
 /// # Errors
 /// `Unauthenticated` when no token was presented and one is required;
-/// `PermissionDenied` when the presented token is not the agent's.
-pub fn authorize(stored: &TokenHash, presented: Option<&TokenHash>, required: bool) -> Result<()> {
-    match presented {
-        None if required => Err(Error::Unauthenticated),
-        None => Ok(()),
-        Some(hash) if stored.matches(hash) => Ok(()),
-        Some(_) => Err(Error::PermissionDenied),
+/// `PermissionDenied` when the presented token is not the agent's, or when
+/// another identity calls on an identity's agent without its token.
+pub fn authorize(stored: &TokenHash, owner: Option<&TokenHash>, proof: &Ownership) -> Result<()> {
+    match (&proof.presented, owner, &proof.caller) {
+        (Some(hash), _, _) if stored.matches(hash) => Ok(()),
+        (Some(_), _, _) => Err(Error::PermissionDenied),
+        (None, Some(owner), Some(caller)) if owner.matches(caller) => Ok(()),
+        (None, Some(_), Some(_)) => Err(Error::PermissionDenied),
+        (None, _, _) if proof.required => Err(Error::Unauthenticated),
+        (None, _, _) => Ok(()),
     }
 }
 
@@ -152,15 +174,52 @@ mod tests {
     fn authorize_follows_the_token_rules() {
         let t = Token::mint().unwrap().hash();
         let other = Token::mint().unwrap().hash();
-        assert!(authorize(&t, Some(&t), true).is_ok());
+        let proof = |presented: Option<TokenHash>, required| Ownership {
+            presented,
+            required,
+            caller: None,
+        };
+        assert!(authorize(&t, None, &proof(Some(t), true)).is_ok());
         assert!(matches!(
-            authorize(&t, None, true),
+            authorize(&t, None, &proof(None, true)),
             Err(Error::Unauthenticated)
         ));
-        assert!(authorize(&t, None, false).is_ok());
+        assert!(authorize(&t, None, &proof(None, false)).is_ok());
         assert!(matches!(
-            authorize(&t, Some(&other), false),
+            authorize(&t, None, &proof(Some(other), false)),
             Err(Error::PermissionDenied)
+        ));
+    }
+
+    #[test]
+    fn the_owning_identity_needs_no_token_and_others_do() {
+        let t = Token::mint().unwrap().hash();
+        let owner = crate::domain::Identity::new("spiffe://x/owner").owner_key();
+        let stranger = crate::domain::Identity::new("spiffe://x/other").owner_key();
+        let by = |caller: Option<TokenHash>, presented: Option<TokenHash>| Ownership {
+            presented,
+            required: true,
+            caller,
+        };
+        assert!(authorize(&t, Some(&owner), &by(Some(owner), None)).is_ok());
+        assert!(matches!(
+            authorize(&t, Some(&owner), &by(Some(stranger), None)),
+            Err(Error::PermissionDenied)
+        ));
+        assert!(authorize(&t, Some(&owner), &by(Some(stranger), Some(t))).is_ok());
+        assert!(authorize(&t, Some(&owner), &by(None, Some(t))).is_ok());
+        assert!(matches!(
+            authorize(&t, Some(&owner), &by(None, None)),
+            Err(Error::Unauthenticated)
+        ));
+        assert!(matches!(
+            authorize(&t, Some(&owner), &by(Some(owner), Some(stranger))),
+            Err(Error::PermissionDenied)
+        ));
+        // An agent registered anonymously: identities need its token.
+        assert!(matches!(
+            authorize(&t, None, &by(Some(owner), None)),
+            Err(Error::Unauthenticated)
         ));
     }
 }

@@ -34,7 +34,9 @@ type Answer = Result<Response, ApiError>;
 type AppState<S> = State<Arc<Http<S>>>;
 
 /// The call context of an HTTP request: the token (request field, else the
-/// `x-registration-token` header). HTTP callers state no deadline.
+/// `x-registration-token` header). HTTP callers state no deadline, and are
+/// anonymous: the HTTP API runs only when no identity or policy is
+/// configured (see `server::start`).
 fn call(headers: &HeaderMap, token_field: String) -> Call {
     let header = headers
         .get(TOKEN_METADATA_KEY)
@@ -42,6 +44,7 @@ fn call(headers: &HeaderMap, token_field: String) -> Call {
     Call {
         token: convert::token_of(token_field, header),
         deadline: None,
+        caller: Default::default(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Per-call metrics and tracing for every registry RPC, as one tower layer
 //! keyed by [`Rpc`]: the handlers carry no cross-cutting code.
 //!
-//! For each call the layer opens the `call` span (`rpc`, `agent_id`,
+//! For each call the layer opens the `call` span (`rpc`, `identity`, `agent_id`,
 //! `code`, `duration_ms`; handlers record `agent_id`), runs the handler in
 //! it, and once the outcome is known records the latency, counts the result
 //! and logs `call finished` at debug level. The outcome is the `grpc-status`
@@ -62,7 +62,7 @@ pub struct Observe<S> {
 }
 
 /// The registry method a request path names.
-fn rpc_of(path: &str) -> Option<Rpc> {
+pub(crate) fn rpc_of(path: &str) -> Option<Rpc> {
     path.strip_prefix(SERVICE_PATH).and_then(Rpc::from_name)
 }
 
@@ -123,6 +123,7 @@ where
         let span = tracing::info_span!(
             "call",
             rpc = rpc.name(),
+            identity = Empty,
             agent_id = Empty,
             code = Empty,
             duration_ms = Empty

@@ -13,14 +13,14 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 
 use tokio_stream::Stream;
 use tonic::{
-    Request, Response, Status,
+    Extensions, Request, Response, Status,
     metadata::{MetadataMap, MetadataValue},
 };
 
 use crate::{
     api::{Call, Read, Registry},
     convert::{self, STALE_METADATA_KEY},
-    domain::validate,
+    domain::{Caller, Error, validate},
     metrics::Metrics,
     pb::{self, service_registry_server::ServiceRegistry},
     store::Store,
@@ -33,22 +33,49 @@ pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send
 pub struct RegistryService<S> {
     registry: Arc<Registry<S>>,
     streams: streams::StreamContext,
+    /// Largest ListAgents/DiscoverAgents answer (`--max-response-bytes`).
+    max_response_bytes: usize,
 }
 
 impl<S: Store> RegistryService<S> {
     /// The service of `registry`; `metrics` counts aborted streams.
     pub fn new(registry: Arc<Registry<S>>, metrics: &Metrics) -> Self {
         let streams = streams::StreamContext::new(registry.shutdown(), metrics);
-        Self { registry, streams }
+        Self {
+            registry,
+            streams,
+            max_response_bytes: usize::MAX,
+        }
+    }
+
+    /// Refuses ListAgents/DiscoverAgents answers larger than `max` bytes.
+    pub fn with_max_response_bytes(mut self, max: usize) -> Self {
+        self.max_response_bytes = max;
+        self
+    }
+
+    /// An answer within `--max-response-bytes`.
+    fn bounded<M: prost::Message>(&self, response: Response<M>) -> Result<Response<M>, Status> {
+        let size = response.get_ref().encoded_len();
+        if size > self.max_response_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "answer of {size} bytes exceeds --max-response-bytes ({}); ask for less with page_size (or max_results)",
+                self.max_response_bytes
+            ))
+            .into());
+        }
+        Ok(response)
     }
 }
 
 /// The call context a gRPC request carries: the token (request field, else
-/// `x-registration-token`) and the deadline (`grpc-timeout`).
-fn call(metadata: &MetadataMap, token_field: String) -> Call {
+/// `x-registration-token`), the deadline (`grpc-timeout`) and the caller
+/// the guard layer established (anonymous when no layer ran).
+fn call(metadata: &MetadataMap, extensions: &Extensions, token_field: String) -> Call {
     Call {
         token: convert::presented_token(token_field, metadata),
         deadline: call_deadline(metadata),
+        caller: extensions.get::<Caller>().cloned().unwrap_or_default(),
     }
 }
 
@@ -90,9 +117,13 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let (metadata, _, mut req) = request.into_parts();
+        let (metadata, extensions, mut req) = request.into_parts();
         let decoded = convert::register_request(&mut req, self.registry.ttl())?;
-        let call = call(&metadata, std::mem::take(&mut req.registration_token));
+        let call = call(
+            &metadata,
+            &extensions,
+            std::mem::take(&mut req.registration_token),
+        );
         let registered = self.registry.register(&call, decoded).await?;
         Ok(Response::new(convert::register_response(&registered)))
     }
@@ -101,10 +132,10 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let (metadata, _, req) = request.into_parts();
+        let (metadata, extensions, req) = request.into_parts();
         let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
         let telemetry = req.telemetry.map(convert::telemetry).transpose()?;
-        let call = call(&metadata, req.registration_token);
+        let call = call(&metadata, &extensions, req.registration_token);
         let done = self.registry.heartbeat(&call, agent_id, telemetry).await?;
         Ok(Response::new(convert::heartbeat_response(&done)))
     }
@@ -113,9 +144,9 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         &self,
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
-        let (metadata, _, req) = request.into_parts();
+        let (metadata, extensions, req) = request.into_parts();
         let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
-        let call = call(&metadata, req.registration_token);
+        let call = call(&metadata, &extensions, req.registration_token);
         let success = self.registry.deregister(&call, agent_id).await?;
         Ok(Response::new(pb::DeregisterResponse { success }))
     }
@@ -124,13 +155,13 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         &self,
         request: Request<pb::DiscoverRequest>,
     ) -> Result<Response<pb::DiscoverResponse>, Status> {
-        let (metadata, _, req) = request.into_parts();
+        let (metadata, extensions, req) = request.into_parts();
         let query = convert::discover_query(req)?;
         let found = self
             .registry
-            .discover(&call(&metadata, String::new()), &query)
+            .discover(&call(&metadata, &extensions, String::new()), &query)
             .await?;
-        Ok(read_response(found, |agents| {
+        self.bounded(read_response(found, |agents| {
             convert::discover_response(&query, &agents)
         }))
     }
@@ -139,11 +170,11 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         &self,
         request: Request<pb::GetAgentRequest>,
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
-        let (metadata, _, req) = request.into_parts();
+        let (metadata, extensions, req) = request.into_parts();
         let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
         let agent = self
             .registry
-            .get(&call(&metadata, String::new()), agent_id)
+            .get(&call(&metadata, &extensions, String::new()), agent_id)
             .await?;
         Ok(read_response(agent, |agent| pb::GetAgentResponse {
             agent: Some(pb::AgentInfo::from(&*agent)),
@@ -154,13 +185,13 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        let (metadata, _, req) = request.into_parts();
+        let (metadata, extensions, req) = request.into_parts();
         let request = convert::list_request(req)?;
         let page = self
             .registry
-            .list(&call(&metadata, String::new()), &request)
+            .list(&call(&metadata, &extensions, String::new()), &request)
             .await?;
-        Ok(read_response(page, |page| {
+        self.bounded(read_response(page, |page| {
             convert::list_response(&request, page)
         }))
     }
@@ -171,12 +202,12 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         &self,
         request: Request<pb::WatchAgentsRequest>,
     ) -> Result<Response<Self::WatchAgentsStream>, Status> {
-        let (metadata, _, req) = request.into_parts();
+        let (metadata, extensions, req) = request.into_parts();
         let request = convert::watch_request(req)?;
         let snapshot = request.snapshot;
         let watching = self
             .registry
-            .watch(&call(&metadata, String::new()), request)
+            .watch(&call(&metadata, &extensions, String::new()), request)
             .await?;
         Ok(Response::new(streams::watch(
             watching,
@@ -190,11 +221,11 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         &self,
         request: Request<pb::NotifyAgentRequest>,
     ) -> Result<Response<pb::NotifyAgentResponse>, Status> {
-        let (metadata, _, req) = request.into_parts();
+        let (metadata, extensions, req) = request.into_parts();
         let cmd = convert::notify_command(req)?;
         let outcome = self
             .registry
-            .notify(&call(&metadata, String::new()), cmd)
+            .notify(&call(&metadata, &extensions, String::new()), cmd)
             .await?;
         Ok(Response::new(convert::notify_response(&outcome)))
     }
@@ -205,10 +236,10 @@ impl<S: Store> ServiceRegistry for RegistryService<S> {
         &self,
         request: Request<pb::SubscribeNotificationsRequest>,
     ) -> Result<Response<Self::SubscribeNotificationsStream>, Status> {
-        let (metadata, _, req) = request.into_parts();
+        let (metadata, extensions, req) = request.into_parts();
         let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
         let after = validate::after_notification_id(&req.after_notification_id)?;
-        let call = call(&metadata, req.registration_token);
+        let call = call(&metadata, &extensions, req.registration_token);
         let subscribed = self.registry.subscribe(&call, agent_id, after).await?;
         Ok(Response::new(streams::notifications(
             subscribed,

@@ -6,6 +6,7 @@
 use tonic::{Code, Status};
 
 use crate::{
+    auth::AuthFailure,
     domain::{Error, error_chain},
     outbox::StreamEnd,
 };
@@ -19,6 +20,7 @@ impl From<Error> for Status {
                 "registration token required (field registration_token or metadata x-registration-token)",
             ),
             Error::PermissionDenied => Status::permission_denied(error.to_string()),
+            Error::ResourceExhausted(_) => Status::resource_exhausted(error.to_string()),
             Error::NotServing => store_unavailable(),
             Error::Compacted { .. } => Status::out_of_range(error.to_string()),
             Error::Unavailable { source } => {
@@ -58,6 +60,42 @@ pub fn store_unavailable() -> Status {
 /// Streams end with this when the server stops.
 pub fn shutting_down() -> Status {
     Status::unavailable("registry is shutting down")
+}
+
+/// A call refused for its credentials or by the policy (BEHAVIOUR.md §9).
+/// Never echoes the credential.
+pub fn auth_refused(failure: AuthFailure) -> Status {
+    match failure {
+        AuthFailure::Missing => Status::unauthenticated(
+            "this call needs an identity: a JWT-SVID (authorization: Bearer) or a client certificate",
+        ),
+        AuthFailure::Invalid => Status::unauthenticated("credential not valid"),
+        AuthFailure::Expired => Status::unauthenticated("JWT-SVID expired"),
+        AuthFailure::Denied => {
+            Status::permission_denied("the authorization policy does not allow this call")
+        }
+    }
+}
+
+/// The caller called more often than `--rate-limit` allows.
+pub fn rate_limited() -> Status {
+    Status::resource_exhausted("rate limit exceeded (--rate-limit); slow down and retry")
+}
+
+/// The replica holds `--max-streams` open streams.
+pub fn too_many_streams() -> Status {
+    Status::resource_exhausted("too many open streams on this replica (--max-streams); retry later")
+}
+
+/// A request body over `--max-message-bytes` (tonic's decoder said so in
+/// `detail`).
+pub fn request_too_large(detail: &str) -> Status {
+    Status::resource_exhausted(format!("request too large (--max-message-bytes): {detail}"))
+}
+
+/// A request body that is not a valid message: a client mistake.
+pub fn malformed_request(detail: &str) -> Status {
+    Status::invalid_argument(format!("request body is not a valid message: {detail}"))
 }
 
 /// gRPC health asked about a service this server does not have.

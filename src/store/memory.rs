@@ -12,12 +12,12 @@ use std::{
 use tokio::sync::broadcast;
 
 use super::{
-    BACKLOG_LEN, DEFAULT_HISTORY, Feed, FeedMessage, HeartbeatCommand, Heartbeaten, Notified,
-    NotifyCommand, Ownership, Reaped, RegisterCommand, Registered, Snapshot, Store,
+    BACKLOG_BYTES, BACKLOG_LEN, DEFAULT_HISTORY, Feed, FeedMessage, HeartbeatCommand, Heartbeaten,
+    Notified, NotifyCommand, Ownership, Reaped, RegisterCommand, Registered, Snapshot, Store,
 };
 use crate::domain::{
     Agent, AgentId, Change, ChangeKind, Error, History, Millis, Notification, Replayed, Result,
-    Revision, TokenHash,
+    Revision, Token, TokenHash,
     clock::{Clock, SystemClock},
     token::authorize,
 };
@@ -55,9 +55,23 @@ struct State {
 struct Record {
     agent: Arc<Agent>,
     token: TokenHash,
+    /// Owner key of the identity that registered the agent, if one did.
+    owner: Option<TokenHash>,
     /// Id of the last notification issued to this agent.
     last_notification: u64,
     backlog: VecDeque<Arc<Notification>>,
+    /// Bytes held in `backlog` (as [`notification_bytes`] counts them).
+    backlog_bytes: usize,
+}
+
+/// What a notification weighs in its backlog: its payload and metadata.
+fn notification_bytes(n: &Notification) -> usize {
+    n.kind.len()
+        + n.message.len()
+        + n.metadata
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
 }
 
 impl MemoryStore {
@@ -155,6 +169,7 @@ impl MemoryStore {
         state: &mut State,
         agent: Agent,
         token: TokenHash,
+        owner: Option<TokenHash>,
         now: Millis,
     ) -> (Arc<Agent>, Revision) {
         let id = agent.id;
@@ -164,8 +179,10 @@ impl MemoryStore {
             Record {
                 agent: Arc::new(agent.clone()),
                 token,
+                owner,
                 last_notification: 0,
                 backlog: VecDeque::new(),
+                backlog_bytes: 0,
             },
         );
         self.commit(state, ChangeKind::Registered, agent, now)
@@ -174,7 +191,7 @@ impl MemoryStore {
 
 fn find<'a>(state: &'a State, id: AgentId, owner: &Ownership) -> Result<&'a Record> {
     let record = state.records.get(&id).ok_or(Error::NotFound(id))?;
-    authorize(&record.token, owner.presented.as_ref(), owner.required)?;
+    authorize(&record.token, record.owner.as_ref(), owner)?;
     Ok(record)
 }
 
@@ -183,8 +200,12 @@ impl Store for MemoryStore {
         let mut state = self.lock();
         let existing = cmd.agent_id.and_then(|id| state.records.get(&id));
         if let Some(record) = existing {
-            let presented = cmd.presented.as_ref().map(|t| t.hash());
-            authorize(&record.token, presented.as_ref(), cmd.require_token)?;
+            let proof = Ownership {
+                presented: cmd.presented.as_ref().map(Token::hash),
+                required: cmd.require_token,
+                caller: cmd.caller,
+            };
+            authorize(&record.token, record.owner.as_ref(), &proof)?;
             let agent = record.agent.reregister(cmd.registration, now);
             let (agent, revision) = self.commit(&mut state, ChangeKind::Updated, agent, now);
             return Ok(Registered {
@@ -196,7 +217,7 @@ impl Store for MemoryStore {
         let id = cmd.agent_id.unwrap_or_else(AgentId::new_v4);
         let token = cmd.presented.unwrap_or(cmd.fresh_token);
         let agent = Agent::create(id, cmd.registration, now);
-        let (agent, revision) = self.insert(&mut state, agent, token.hash(), now);
+        let (agent, revision) = self.insert(&mut state, agent, token.hash(), cmd.caller, now);
         Ok(Registered {
             agent,
             token: Some(token),
@@ -304,10 +325,15 @@ impl Store for MemoryStore {
             metadata: cmd.metadata,
             at: now,
         });
-        if record.backlog.len() == BACKLOG_LEN {
-            record.backlog.pop_front();
-        }
+        record.backlog_bytes += notification_bytes(&notification);
         record.backlog.push_back(notification.clone());
+        while record.backlog.len() > 1
+            && (record.backlog.len() > BACKLOG_LEN || record.backlog_bytes > BACKLOG_BYTES)
+        {
+            if let Some(old) = record.backlog.pop_front() {
+                record.backlog_bytes -= notification_bytes(&old);
+            }
+        }
         // No receiver is fine: no replica view is subscribed yet.
         let _ = self
             .feed

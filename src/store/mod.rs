@@ -25,6 +25,9 @@ pub const BACKLOG_LEN: usize = 100;
 /// Changes the change history keeps unless configured otherwise
 /// (`--watch-history`).
 pub const DEFAULT_HISTORY: usize = 100_000;
+/// Bytes of notifications kept per agent (BEHAVIOUR.md §9): the oldest are
+/// dropped first, the newest always stays.
+pub const BACKLOG_BYTES: usize = 1024 * 1024;
 
 /// What a store publishes, in order, to every replica's feed.
 #[derive(Clone, Debug)]
@@ -42,14 +45,7 @@ pub enum FeedMessage {
 /// [`FeedMessage::Reset`] means messages were lost: reload and resubscribe.
 pub type Feed = broadcast::Receiver<FeedMessage>;
 
-/// Who is calling on an agent's behalf (BEHAVIOUR.md §3).
-#[derive(Copy, Clone, Debug)]
-pub struct Ownership {
-    /// Hash of the token the caller presented, if any.
-    pub presented: Option<TokenHash>,
-    /// Whether a missing token is refused.
-    pub required: bool,
-}
+pub use crate::domain::Ownership;
 
 /// A validated Register call.
 #[derive(Debug)]
@@ -62,6 +58,9 @@ pub struct RegisterCommand {
     pub presented: Option<Token>,
     /// Whether re-registering a live id without a token is refused.
     pub require_token: bool,
+    /// Owner key of the caller's identity: a new agent belongs to it, and
+    /// it may re-register its agent without the token.
+    pub caller: Option<TokenHash>,
     /// A freshly minted token, used when the agent is created without one.
     pub fresh_token: Token,
 }

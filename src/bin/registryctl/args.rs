@@ -1,7 +1,7 @@
 //! The command line: clap's types for the global options and each
 //! subcommand, and the parsers of their values.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use agent_registry::pb;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -34,6 +34,51 @@ pub(crate) struct Cli {
         value_name = "SECONDS"
     )]
     pub(crate) timeout: Duration,
+
+    /// PEM CA bundle the registry's certificate must chain to (TLS; a
+    /// `host:port` endpoint then means `https://`).
+    #[arg(long, global = true, env = "REGISTRY_TLS_CA", value_name = "FILE")]
+    pub(crate) tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate, for a registry that asks for one (mTLS).
+    #[arg(
+        long,
+        global = true,
+        env = "REGISTRY_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub(crate) tls_cert: Option<PathBuf>,
+
+    /// PEM key of --tls-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "REGISTRY_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub(crate) tls_key: Option<PathBuf>,
+
+    /// Name the registry's certificate must carry, when not the endpoint's
+    /// host.
+    #[arg(
+        long,
+        global = true,
+        env = "REGISTRY_TLS_SERVER_NAME",
+        value_name = "NAME"
+    )]
+    pub(crate) tls_server_name: Option<String>,
+
+    /// A JWT-SVID sent as `authorization: Bearer` (secret: never printed).
+    #[arg(
+        long,
+        global = true,
+        env = "REGISTRY_BEARER_TOKEN",
+        hide_env_values = true,
+        value_name = "JWT"
+    )]
+    pub(crate) bearer_token: Option<String>,
 
     /// Output format: `table` for people, `json` for scripts (one object
     /// per line).

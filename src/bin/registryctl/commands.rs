@@ -5,7 +5,7 @@
 use std::{collections::HashMap, io, process::ExitCode, time::Duration};
 
 use agent_registry::{
-    client::{AgentSession, ClientError, RegistryClient},
+    client::{AgentSession, ClientError, ClientSecurity, RegistryClient},
     domain::error_chain,
     pb,
     signal::ShutdownSignal,
@@ -61,12 +61,17 @@ pub(crate) struct Settings {
     pub(crate) endpoint: String,
     /// Per-call timeout.
     pub(crate) timeout: Duration,
+    /// TLS and identity options.
+    pub(crate) security: ClientSecurity,
 }
 
-/// `host:port` → `http://host:port`; anything with a scheme is kept.
-pub(crate) fn normalize_endpoint(endpoint: &str) -> String {
+/// `host:port` → `http://host:port` (`https://` with TLS); anything with a
+/// scheme is kept.
+pub(crate) fn normalize_endpoint(endpoint: &str, tls: bool) -> String {
     if endpoint.contains("://") {
         endpoint.to_owned()
+    } else if tls {
+        format!("https://{endpoint}")
     } else {
         format!("http://{endpoint}")
     }
@@ -90,7 +95,7 @@ pub(crate) async fn run(command: Command, settings: &Settings, out: &Printer) ->
 
 /// Connects to the registry within the timeout.
 pub(crate) async fn connect(settings: &Settings) -> Result<RegistryClient, ClientError> {
-    let connecting = RegistryClient::connect(settings.endpoint.clone());
+    let connecting = RegistryClient::connect_with(settings.endpoint.clone(), &settings.security);
     match tokio::time::timeout(settings.timeout, connecting).await {
         Ok(client) => Ok(client?.with_timeout(settings.timeout)),
         Err(_) => Err(ClientError::Timeout(settings.timeout)),
@@ -374,7 +379,8 @@ mod tests {
 
     #[test]
     fn endpoints_get_a_scheme() {
-        assert_eq!(normalize_endpoint("h:1"), "http://h:1");
-        assert_eq!(normalize_endpoint("https://h:1"), "https://h:1");
+        assert_eq!(normalize_endpoint("h:1", false), "http://h:1");
+        assert_eq!(normalize_endpoint("h:1", true), "https://h:1");
+        assert_eq!(normalize_endpoint("https://h:1", false), "https://h:1");
     }
 }

@@ -17,6 +17,10 @@
 //! default `http://127.0.0.1:50051`), `--timeout` seconds per call (default
 //! 5) and `-o/--output table|json`. (The agent's own address, on `register`,
 //! is `--agent-endpoint`.)
+//! TLS: `--tls-ca`, and for mTLS `--tls-cert`/`--tls-key` (env
+//! `REGISTRY_TLS_CA`, `REGISTRY_TLS_CERT`, `REGISTRY_TLS_KEY`); a JWT-SVID
+//! from `--bearer-token` or `REGISTRY_BEARER_TOKEN` (`health` speaks
+//! plaintext only).
 //! Tokens come from `--token` or the environment variable `REGISTRY_TOKEN`
 //! (a token may start with `-`: `--token -Bx...` takes it as the value).
 //!
@@ -61,9 +65,18 @@ async fn main() -> ExitCode {
     // Usage errors exit with status 2 here (clap), `--help` with 0.
     let cli = Cli::parse();
     let out = Printer::new(cli.output);
+    let security = match security(&cli) {
+        Ok(security) => security,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let tls = security.ca_pem.is_some() || security.identity.is_some();
     let settings = Settings {
-        endpoint: normalize_endpoint(&cli.endpoint),
+        endpoint: normalize_endpoint(&cli.endpoint, tls),
         timeout: cli.timeout,
+        security,
     };
     match run(cli.command, &settings, &out).await {
         Ok(code) => code,
@@ -79,4 +92,21 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The TLS and identity options, with the files read.
+fn security(cli: &Cli) -> Result<agent_registry::client::ClientSecurity, String> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let identity = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    Ok(agent_registry::client::ClientSecurity {
+        ca_pem: cli.tls_ca.as_deref().map(read).transpose()?,
+        identity,
+        server_name: cli.tls_server_name.clone(),
+        bearer: cli.bearer_token.clone(),
+    })
 }

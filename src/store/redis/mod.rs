@@ -35,8 +35,8 @@ use self::{
     topology::{Call, Durability, Topology},
 };
 use super::{
-    BACKLOG_LEN, Feed, FeedMessage, HeartbeatCommand, Heartbeaten, Notified, NotifyCommand,
-    Ownership, Reaped, RegisterCommand, Registered, Snapshot, Store,
+    BACKLOG_BYTES, BACKLOG_LEN, Feed, FeedMessage, HeartbeatCommand, Heartbeaten, Notified,
+    NotifyCommand, Ownership, Reaped, RegisterCommand, Registered, Snapshot, Store,
 };
 use crate::domain::{
     Agent, AgentId, ChangeKind, Error, History, Millis, Notification, Result, Revision, Telemetry,
@@ -202,6 +202,11 @@ fn token_arg(owner: &Ownership) -> String {
         .unwrap_or_default()
 }
 
+/// The caller identity's owner key, `''` when anonymous.
+fn caller_arg(caller: Option<&crate::domain::TokenHash>) -> String {
+    caller.map(codec::encode_token).unwrap_or_default()
+}
+
 fn flag(b: bool) -> &'static str {
     if b { "1" } else { "0" }
 }
@@ -346,7 +351,8 @@ impl Store for RedisStore {
                 .arg(safety)
                 .arg(zero_tel.as_str())
                 .arg(self.floor())
-                .arg(self.history_cap);
+                .arg(self.history_cap)
+                .arg(caller_arg(cmd.caller.as_ref()));
             let reply = items(self.invoke_write(invocation).await?)?;
             if reply.first().map(bytes).transpose()? == Some(b"CONFLICT".as_slice()) {
                 continue; // a fresh UUIDv4 collided: draw another
@@ -390,7 +396,8 @@ impl Store for RedisStore {
             .arg(self.keys.changes_channel())
             .arg(SAFETY_NET_MS + self.grace_ms)
             .arg(self.floor())
-            .arg(self.history_cap);
+            .arg(self.history_cap)
+            .arg(caller_arg(cmd.owner.caller.as_ref()));
         let reply = items(self.invoke_write(invocation).await?)?;
         check(&reply, cmd.agent_id)?;
         let last = reply
@@ -426,7 +433,8 @@ impl Store for RedisStore {
             .arg(flag(owner.required))
             .arg(self.keys.changes_channel())
             .arg(self.floor())
-            .arg(self.history_cap);
+            .arg(self.history_cap)
+            .arg(caller_arg(owner.caller.as_ref()));
         let reply = items(self.invoke_write(invocation).await?)?;
         if reply.first().map(bytes).transpose()? == Some(b"NONE".as_slice()) {
             return Ok(None);
@@ -485,7 +493,8 @@ impl Store for RedisStore {
             .arg(now)
             .arg(payload.as_slice())
             .arg(self.keys.mailbox_channel(cmd.agent_id))
-            .arg(BACKLOG_LEN);
+            .arg(BACKLOG_LEN)
+            .arg(BACKLOG_BYTES);
         let reply = items(self.invoke_write(invocation).await?)?;
         check(&reply, cmd.agent_id)?;
         let [_, message, receivers] = reply.as_slice() else {
@@ -524,7 +533,8 @@ impl Store for RedisStore {
             .key(self.keys.backlog(agent_id))
             .arg(token_arg(&owner))
             .arg(flag(owner.required))
-            .arg(after);
+            .arg(after)
+            .arg(caller_arg(owner.caller.as_ref()));
         let reply = items(self.invoke(invocation).await?)?;
         check(&reply, agent_id)?;
         let mut out = Vec::with_capacity(reply.len().saturating_sub(1));

@@ -11,6 +11,8 @@
 --   ls   last seen (ms)          ttl  heartbeat timeout (s)
 --   ra   registered at (s)       rev  revision of its last visible change
 --   tok  token hash              nid  last notification id
+--   own  owner key of the identity that registered it (absent: none)
+--   nb   bytes held in its notification backlog
 --
 -- The deadline zset stores "deadline - shift": `shift` (the SHIFT key) grows
 -- by D when heartbeats could not be recorded for D ms, which moves every
@@ -24,9 +26,18 @@ local function shift_of(shift_key)
   return tonumber(redis.call('GET', shift_key) or '0')
 end
 
--- Token check (BEHAVIOUR.md section 3): '' = none presented.
-local function authorize(key, presented, required)
+-- Ownership check (BEHAVIOUR.md sections 3 and 9): '' = no token presented,
+-- caller = the caller identity's owner key ('' = anonymous). Without a
+-- token, the owning identity is let in and any other identity refused.
+local function authorize(key, presented, required, caller)
   if presented == '' then
+    local own = redis.call('HGET', key, 'own')
+    if caller ~= '' and own then
+      if own == caller then
+        return nil
+      end
+      return 'PERMISSION_DENIED'
+    end
     if required == '1' then
       return 'UNAUTHENTICATED'
     end

@@ -1,14 +1,14 @@
 -- KEYS: 1 agent, 2 due, 3 rev, 4 shift, 5 history, 6 history floor
 -- ARGV: 1 id, 2 now ms, 3 tel ('' = none given), 4 tst, 5 presented token
 --       hash, 6 token required, 7 changes channel, 8 safety-net expiry ms,
---       9 revision floor, 10 history cap
+--       9 revision floor, 10 history cap, 11 caller's owner key ('' = anonymous)
 -- Returns {'OK', message...} (one message per change) or {error code}.
 local key, id, now = KEYS[1], ARGV[1], tonumber(ARGV[2])
 keep_history(KEYS[5], KEYS[6], ARGV[10])
 if redis.call('EXISTS', key) == 0 then
   return { 'NOT_FOUND' }
 end
-local refused = authorize(key, ARGV[5], ARGV[6])
+local refused = authorize(key, ARGV[5], ARGV[6], ARGV[11])
 if refused then
   return { refused }
 end

@@ -4,7 +4,8 @@
 --       4 reg, 5 tel ('' = none given), 6 tst, 7 ttl s, 8 presented token
 --       hash ('' = none), 9 token required ('1'/'0'), 10 fresh token hash,
 --       11 changes channel, 12 safety-net expiry ms, 13 telemetry blob of
---       an agent that never reported any, 14 revision floor, 15 history cap
+--       an agent that never reported any, 14 revision floor, 15 history cap,
+--       16 caller's owner key ('' = anonymous: the agent has no owner identity)
 -- Returns {'OK', kind, message} or {error code}.
 local key, id, now = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local tel, tst = ARGV[5], ARGV[6]
@@ -15,7 +16,7 @@ if redis.call('EXISTS', key) == 1 then
   if ARGV[3] == 'new' then
     return { 'CONFLICT' }
   end
-  local refused = authorize(key, ARGV[8], ARGV[9])
+  local refused = authorize(key, ARGV[8], ARGV[9], ARGV[16])
   if refused then
     return { refused }
   end
@@ -38,6 +39,9 @@ else
   redis.call('HSET', key, 'reg', ARGV[4], 'tel', tel, 'tst', tst, 'st', tst,
     'od', '0', 'ls', ARGV[2], 'ttl', ARGV[7], 'ra', int(math.floor(now / 1000)),
     'rev', '0', 'tok', tok, 'nid', '0')
+  if ARGV[16] ~= '' then
+    redis.call('HSET', key, 'own', ARGV[16])
+  end
   redis.call('SADD', KEYS[4], id)
   kind = 'REGISTERED'
 end
