@@ -154,15 +154,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         // The HTTP API does not apply TLS, JWT-SVIDs or the policy yet: it
         // must not become a plaintext, unauthorized door next to a secured
         // gRPC port.
-        Some(_) if secured => {
-            tracing::warn!(
-                "HTTP API off: it does not apply --tls-cert, --jwt-bundle or --authz-policy yet \
-                 (BEHAVIOUR.md §9, §12); use gRPC, or run without them"
-            );
-            None
-        }
+        Some(_) if secured => None,
         other => other,
     };
+    let http_refused = secured && settings.http_addr.is_some();
     let (http, http_addr) = match http_addr {
         Some(addr) => {
             let (listener, bound) = bind(addr).await?;
@@ -176,6 +171,12 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             setting: e.setting,
             reason: e.reason,
         })?;
+    if http_refused {
+        tracing::warn!(
+            "HTTP API off: it does not apply --tls-cert, --jwt-bundle or --authz-policy yet \
+             (BEHAVIOUR.md §9, §12); use gRPC, or run without them"
+        );
+    }
     let shutdown = CancellationToken::new();
     let background = CancellationToken::new();
     let view = View::new();
