@@ -22,6 +22,7 @@ use crate::{
     domain::{
         Agent, AgentId, Change, Error, History, Notification, Result, Revision, Telemetry, Token,
         agent::Registration,
+        check::DenyList,
         clock::Clock,
         query::{AgentFilter, DiscoverQuery, ListKey, WatchSelection},
     },
@@ -216,7 +217,7 @@ pub struct Subscribed<I> {
 }
 
 /// The rules of ownership that do not depend on the call.
-#[derive(Copy, Clone, Debug)]
+#[derive(Clone, Debug)]
 pub struct Policy {
     /// TTL rules.
     pub ttl: TtlPolicy,
@@ -224,6 +225,8 @@ pub struct Policy {
     pub require_token: bool,
     /// How often watches that ask for progress get a BOOKMARK.
     pub bookmark_interval: Duration,
+    /// Addresses an active health check may not target.
+    pub deny: Arc<DenyList>,
 }
 
 /// The registry: the nine operations over one store, this replica's view
@@ -265,6 +268,9 @@ impl<S: Store> Registry<S> {
     /// # Errors
     /// Token errors, `NotServing`, store errors.
     pub async fn register(&self, call: &Call, request: RegisterRequest) -> Result<Registered> {
+        if let Some(check) = &request.registration.health_check {
+            self.policy.deny.admit(check)?;
+        }
         let presented = match (request.agent_id, &call.token) {
             (Some(_), Some(token)) => Some(Token::from_client(token.expose().to_owned())?),
             _ => None,

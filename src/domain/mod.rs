@@ -5,6 +5,7 @@
 //! Depends on: std, uuid, sha2/subtle (tokens), thiserror.
 
 pub mod agent;
+pub mod check;
 pub mod clock;
 pub mod query;
 pub mod rpc;

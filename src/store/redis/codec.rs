@@ -15,7 +15,7 @@ use crate::{
     convert,
     domain::{
         Agent, AgentId, Change, ChangeKind, Error, Notification, Replayed, Result, Status,
-        Telemetry, TokenHash, agent::Registration,
+        Telemetry, TokenHash, agent::Registration, check::ProbeState,
     },
     pb,
 };
@@ -90,14 +90,19 @@ pub fn encode_notification_payload(
 
 /// The string fields of a msgpack array produced by a script.
 fn fields(bytes: &[u8], expected: usize) -> Result<Vec<Vec<u8>>> {
+    fields_of(bytes, &[expected])
+}
+
+/// [`fields`] of a message that may have any of the `expected` lengths.
+fn fields_of(bytes: &[u8], expected: &[usize]) -> Result<Vec<Vec<u8>>> {
     let value =
         rmpv::decode::read_value(&mut &bytes[..]).map_err(|e| corrupt(format!("message: {e}")))?;
     let rmpv::Value::Array(items) = value else {
         return Err(corrupt("message is not an array"));
     };
-    if items.len() != expected {
+    if !expected.contains(&items.len()) {
         return Err(corrupt(format!(
-            "message has {} fields, not {expected}",
+            "message has {} fields, not {expected:?}",
             items.len()
         )));
     }
@@ -123,11 +128,41 @@ fn status(bytes: &[u8]) -> Result<Status> {
     Status::from_wire(number(bytes, "status")?).ok_or_else(|| corrupt("status"))
 }
 
+/// Fields of a change message before the probe state was added to it (a
+/// replica of the previous version publishes these).
+const CHANGE_FIELDS_V1: usize = 13;
+/// Fields of a change message with the probe state.
+const CHANGE_FIELDS: usize = 18;
+
+/// The probe state of a record: `hx` (1 while failing), `hf`, `hp`
+/// (consecutive failures, passes), `hs` (failing since, ms, or empty), `ho`
+/// (the last output). Absent (nil, sent as empty or missing) = the default.
+fn decode_probe(f: &[Vec<u8>]) -> Result<ProbeState> {
+    if f.len() < CHANGE_FIELDS {
+        return Ok(ProbeState::default());
+    }
+    let count = |b: &[u8], what: &str| -> Result<u32> {
+        if b.is_empty() { Ok(0) } else { number(b, what) }
+    };
+    Ok(ProbeState {
+        failing: f[13].as_slice() == b"1",
+        failures: count(&f[14], "probe failures")?,
+        passes: count(&f[15], "probe passes")?,
+        failing_since: if f[16].is_empty() {
+            None
+        } else {
+            Some(number(&f[16], "failing since")?)
+        },
+        output: String::from_utf8_lossy(&f[17]).into_owned(),
+    })
+}
+
 /// A change message (also a snapshot record, whose kind is `SNAPSHOT`):
-/// `[rev, kind, prev, at, id, reg, tel, st, od, ls, ttl, ra, agent_rev]`.
+/// `[rev, kind, prev, at, id, reg, tel, st, od, ls, ttl, ra, agent_rev,
+/// hx, hf, hp, hs, ho]` (the last five, the probe state, may be missing).
 /// Returns the change and whether it was a snapshot record.
 pub fn decode_change(bytes: &[u8]) -> Result<(Change, bool)> {
-    let f = fields(bytes, 13)?;
+    let f = fields_of(bytes, &[CHANGE_FIELDS_V1, CHANGE_FIELDS])?;
     let kind = match f[1].as_slice() {
         b"REGISTERED" => ChangeKind::Registered,
         b"UPDATED" => ChangeKind::Updated,
@@ -153,6 +188,7 @@ pub fn decode_change(bytes: &[u8]) -> Result<(Change, bool)> {
         last_seen_ms: number(&f[9], "last_seen")?,
         ttl_secs: number(&f[10], "ttl")?,
         revision: number(&f[12], "agent revision")?,
+        probe: decode_probe(&f)?,
         ..convert::agent_from_wire(id, reg).ok_or_else(|| corrupt("agent type"))?
     };
     let change = Change {

@@ -29,6 +29,10 @@ pub struct Scripts {
     pub snapshot: Script,
     /// The change history after a revision.
     pub history: Script,
+    /// One probe result of an active check.
+    pub probe: Script,
+    /// Prober membership: announce (or leave) and list.
+    pub probers: Script,
 }
 
 impl Scripts {
@@ -43,6 +47,8 @@ impl Scripts {
             open_mailbox: with_common(include_str!("lua/open_mailbox.lua")),
             snapshot: with_common(include_str!("lua/snapshot.lua")),
             history: with_common(include_str!("lua/history.lua")),
+            probe: with_common(include_str!("lua/probe.lua")),
+            probers: Script::new(include_str!("lua/replicas.lua")),
         }
     }
 }
