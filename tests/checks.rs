@@ -13,6 +13,8 @@ use common::*;
 mod replicas;
 #[path = "checks/targets.rs"]
 mod targets;
+#[path = "checks/tools.rs"]
+mod tools;
 
 use std::time::Duration;
 
@@ -393,7 +395,21 @@ async fn passing_probes_keep_an_agent_alive_without_heartbeats(backend: Backend)
     server.stop().await;
 }
 
+async fn redirects_are_not_followed(backend: Backend) {
+    let target = HttpTarget::start().await;
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let mut wanted = check(Kind::Http, &target.addr.to_string());
+    wanted.path = "/moved".into();
+    let agent = register_checked(&mut client, wanted, 30).await;
+    let (mut events, _) = watch_synced(&mut client).await;
+    let info = expect_status(&mut events, &agent.agent_id, pb::AgentStatus::Unhealthy).await;
+    assert_eq!(info.health_output, "HTTP 302");
+    server.stop().await;
+}
+
 behaviour_tests!(
+    redirects_are_not_followed,
     validation_and_defaults,
     a_name_resolving_to_a_denied_address_fails_the_probe,
     http_hysteresis_both_ways_and_a_single_flap,

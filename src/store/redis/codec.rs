@@ -264,6 +264,43 @@ mod tests {
         assert_eq!(encode_telemetry(&zero), encode_telemetry(&negative_zero));
     }
 
+    fn message(probe: &[&str]) -> Vec<u8> {
+        let reg = encode_registration(&crate::domain::agent::tests::registration());
+        let tel = encode_telemetry(&Telemetry::default());
+        let id = AgentId::new_v4().to_string();
+        let mut items: Vec<rmpv::Value> = [
+            "7", "TOUCHED", "0", "1000", &id, "", &tel, "1", "0", "1000", "10", "1", "5",
+        ]
+        .iter()
+        .map(|s| rmpv::Value::from(*s))
+        .collect();
+        items[5] = rmpv::Value::Binary(reg);
+        items.extend(probe.iter().map(|s| rmpv::Value::from(*s)));
+        let mut out = Vec::new();
+        rmpv::encode::write_value(&mut out, &rmpv::Value::Array(items)).unwrap();
+        out
+    }
+
+    #[test]
+    fn change_messages_with_and_without_probe_state_decode() {
+        let (old, _) = decode_change(&message(&[])).unwrap();
+        assert_eq!(old.agent.probe, ProbeState::default());
+        let (new, _) = decode_change(&message(&["1", "3", "0", "900", "HTTP 503"])).unwrap();
+        assert_eq!(
+            new.agent.probe,
+            ProbeState {
+                failing: true,
+                failures: 3,
+                passes: 0,
+                failing_since: Some(900),
+                output: "HTTP 503".into(),
+            }
+        );
+        let (fresh, _) = decode_change(&message(&["", "", "", "", ""])).unwrap();
+        assert_eq!(fresh.agent.probe, ProbeState::default());
+        assert!(decode_change(&message(&["1"])).is_err());
+    }
+
     #[test]
     fn corrupt_messages_are_errors_not_panics() {
         assert!(decode_change(b"").is_err());
