@@ -11,9 +11,17 @@
 
 pub mod probe;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
 
-use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -66,6 +74,19 @@ pub async fn run<S: Store>(
     let mut announced_at: Option<Instant> = None;
     let mut slots: HashMap<AgentId, Slot> = HashMap::new();
     let mut running: JoinSet<AgentId> = JoinSet::new();
+    // Due probes waiting for a permit, oldest first.
+    let mut ready: VecDeque<(AgentId, HealthCheck)> = VecDeque::new();
+    let spawn = |agent_id: AgentId, check: HealthCheck, permit: OwnedSemaphorePermit| {
+        probe_one(
+            store.clone(),
+            clock.clone(),
+            metrics.clone(),
+            config.deny.clone(),
+            agent_id,
+            check,
+            permit,
+        )
+    };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -77,6 +98,8 @@ pub async fn run<S: Store>(
                 {
                     slot.running = false;
                 }
+                // A permit is free: the next due probe need not wait a tick.
+                start_ready(&mut ready, &mut running, &permits, &spawn);
                 continue;
             }
             _ = tick.tick() => {}
@@ -114,22 +137,12 @@ pub async fn run<S: Store>(
             if slot.running || slot.next_at > now {
                 continue;
             }
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                break; // at the concurrency bound: the rest wait a tick
-            };
             let interval = Duration::from_secs(u64::from(check.interval_secs));
             slot.next_at = (slot.next_at + interval).max(now);
             slot.running = true;
-            running.spawn(probe_one(
-                store.clone(),
-                clock.clone(),
-                metrics.clone(),
-                config.deny.clone(),
-                agent.id,
-                check,
-                permit,
-            ));
+            ready.push_back((agent.id, check));
         }
+        start_ready(&mut ready, &mut running, &permits, &spawn);
         if slots.len() > present {
             // Agents gone or handed to another replica.
             let owned: std::collections::HashSet<AgentId> = view
@@ -147,6 +160,26 @@ pub async fn run<S: Store>(
     }
 }
 
+/// Starts queued probes while permits are free.
+fn start_ready<F, Fut>(
+    ready: &mut VecDeque<(AgentId, HealthCheck)>,
+    running: &mut JoinSet<AgentId>,
+    permits: &Arc<Semaphore>,
+    spawn: &F,
+) where
+    F: Fn(AgentId, HealthCheck, OwnedSemaphorePermit) -> Fut,
+    Fut: std::future::Future<Output = AgentId> + Send + 'static,
+{
+    while !ready.is_empty() {
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            return; // at the concurrency bound: the rest wait for a permit
+        };
+        if let Some((agent_id, check)) = ready.pop_front() {
+            running.spawn(spawn(agent_id, check, permit));
+        }
+    }
+}
+
 async fn probe_one<S: Store>(
     store: Arc<S>,
     clock: Arc<dyn Clock>,
@@ -154,7 +187,7 @@ async fn probe_one<S: Store>(
     deny: Arc<DenyList>,
     agent_id: AgentId,
     check: HealthCheck,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _permit: OwnedSemaphorePermit,
 ) -> AgentId {
     let started = std::time::Instant::now();
     let outcome = probe::probe(&check, &deny).await;
