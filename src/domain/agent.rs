@@ -404,6 +404,46 @@ pub(crate) mod tests {
         assert_eq!(b.status, Status::Degraded);
     }
 
+    fn checked() -> Agent {
+        let mut reg = registration();
+        reg.health_check = crate::domain::check::grant(
+            crate::domain::check::CheckRequest {
+                kind: 3,
+                target: "a:1".into(),
+                interval_seconds: 1,
+                failures_before_unhealthy: 1,
+                successes_before_healthy: 1,
+                ..Default::default()
+            },
+            "",
+        )
+        .unwrap();
+        Agent::create(AgentId::new_v4(), reg, 1_000)
+    }
+
+    #[test]
+    fn a_failing_check_overrides_telemetry_and_a_pass_revives() {
+        let a = checked();
+        let (down, effect) = a.probed(false, "timeout".into(), 2_000).unwrap();
+        assert_eq!(effect.previous_status, Some(Status::Healthy));
+        assert_eq!((down.status, down.last_seen_ms), (Status::Unhealthy, 1_000));
+        let (beat, effect) = down.heartbeat(Some(telemetry(1.0, 10)), 3_000);
+        assert_eq!(
+            (beat.status, effect.previous_status),
+            (Status::Unhealthy, None)
+        );
+        let (overdue, _) = beat.mark_overdue();
+        let (up, effect) = overdue.probed(true, "connected".into(), 20_000).unwrap();
+        assert_eq!(effect.previous_status, Some(Status::Unhealthy));
+        assert_eq!(
+            (up.status, up.overdue, up.last_seen_ms),
+            (Status::Healthy, false, 20_000)
+        );
+        assert_eq!(up.probe.output, "connected");
+        let plain = Agent::create(AgentId::new_v4(), registration(), 0);
+        assert!(plain.probed(true, String::new(), 1).is_none());
+    }
+
     #[test]
     fn deadlines_count_from_the_exact_last_seen() {
         let a = Agent::create(AgentId::new_v4(), registration(), 1_500);
