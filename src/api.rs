@@ -23,6 +23,7 @@ use crate::{
         Agent, AgentId, Caller, Change, Error, History, Notification, Result, Revision, Telemetry,
         Token,
         agent::Registration,
+        check::DenyList,
         clock::Clock,
         query::{AgentFilter, DiscoverQuery, ListKey, WatchSelection},
     },
@@ -220,7 +221,7 @@ pub struct Subscribed<I> {
 }
 
 /// The rules of ownership that do not depend on the call.
-#[derive(Copy, Clone, Debug)]
+#[derive(Clone, Debug)]
 pub struct Policy {
     /// TTL rules.
     pub ttl: TtlPolicy,
@@ -231,6 +232,8 @@ pub struct Policy {
     /// Registered agents at most: a Register that would create one more is
     /// refused.
     pub max_agents: usize,
+    /// Addresses an active health check may not target.
+    pub deny: Arc<DenyList>,
 }
 
 /// The registry: the nine operations over one store, this replica's view
@@ -272,6 +275,9 @@ impl<S: Store> Registry<S> {
     /// # Errors
     /// Token errors, `NotServing`, store errors.
     pub async fn register(&self, call: &Call, request: RegisterRequest) -> Result<Registered> {
+        if let Some(check) = &request.registration.health_check {
+            self.policy.deny.admit(check)?;
+        }
         let presented = match (request.agent_id, &call.token) {
             (Some(_), Some(token)) => Some(Token::from_client(token.expose().to_owned())?),
             _ => None,

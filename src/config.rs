@@ -112,6 +112,17 @@ pub struct Config {
     /// Seconds between BOOKMARK events on watches that ask for progress.
     #[arg(long, env = "BOOKMARK_INTERVAL", default_value_t = 10)]
     pub bookmark_interval: u32,
+    /// Most active health check probes in flight at once on this replica.
+    #[arg(long, env = "HEALTH_CHECK_CONCURRENCY", default_value_t = 256)]
+    pub health_check_concurrency: usize,
+    /// CIDRs active health checks never probe (comma-separated; empty =
+    /// none): cloud metadata and link-local by default.
+    #[arg(
+        long,
+        env = "HEALTH_CHECK_DENY",
+        default_value = "169.254.0.0/16,fe80::/10"
+    )]
+    pub health_check_deny: String,
     /// Log format: text or json. The level comes from RUST_LOG (default info).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -283,6 +294,10 @@ pub struct Settings {
     pub legacy: legacy::Report,
     /// Identity, TLS, policy and limits (BEHAVIOUR.md §9).
     pub security: SecuritySettings,
+    /// Most concurrent active health check probes per replica.
+    pub health_check_concurrency: usize,
+    /// Address ranges active health checks never probe.
+    pub health_check_deny: Vec<ipnet::IpNet>,
 }
 
 /// The files that carry credentials and policy (each reloaded when it
@@ -477,6 +492,13 @@ impl Config {
             ));
         }
         let security = self.security()?;
+        if self.health_check_concurrency == 0 {
+            return Err(ConfigError::new(
+                "--health-check-concurrency (HEALTH_CHECK_CONCURRENCY)",
+                "must be at least 1",
+            ));
+        }
+        let health_check_deny = parse_cidrs(&self.health_check_deny)?;
         Ok(Settings {
             grpc_addr: (self.host, port).into(),
             metrics_addr: (self.host, self.metrics_port).into(),
@@ -497,6 +519,8 @@ impl Config {
             bookmark_interval: Duration::from_secs(u64::from(self.bookmark_interval)),
             legacy: report,
             security,
+            health_check_concurrency: self.health_check_concurrency,
+            health_check_deny,
         })
     }
 
@@ -713,6 +737,25 @@ impl fmt::Debug for RedisTopology {
     }
 }
 
+/// `--health-check-deny`: comma-separated CIDRs (a bare address is a /32 or
+/// /128); empty denies nothing.
+fn parse_cidrs(list: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    ConfigError::new(
+                        "--health-check-deny (HEALTH_CHECK_DENY)",
+                        format!("{s:?} is not a CIDR such as 169.254.0.0/16"),
+                    )
+                })
+        })
+        .collect()
+}
+
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
@@ -727,6 +770,8 @@ impl fmt::Debug for Settings {
             .field("bookmark_interval", &self.bookmark_interval)
             .field("legacy_env", &self.legacy.present)
             .field("security", &self.security)
+            .field("health_check_concurrency", &self.health_check_concurrency)
+            .field("health_check_deny", &self.health_check_deny)
             .finish()
     }
 }

@@ -15,6 +15,7 @@ use crate::{
         Agent, AgentId, AgentType, Change, ChangeKind, Error, Notification, Result, Status,
         Telemetry, Token,
         agent::Registration,
+        check::{self, CheckKind, CheckRequest, HealthCheck},
         query::{
             AgentFilter, DiscoverQuery, Strategy, WatchSelection, decode_page_token,
             encode_page_token,
@@ -168,9 +169,60 @@ pub fn registration(req: &mut pb::RegisterRequest, ttl: &TtlPolicy) -> Result<Re
         endpoint: validate::endpoint(std::mem::take(&mut req.endpoint))?,
         telemetry: req.telemetry.take().map(telemetry).transpose()?,
         ttl_secs: validate::ttl(req.ttl_seconds, ttl.default_ttl, ttl.min_ttl, ttl.max_ttl)?,
+        health_check: None,
     };
     registration.mirror_endpoint();
+    if let Some(wanted) = req.health_check.take() {
+        registration.health_check = check::grant(wanted.into(), &registration.endpoint)?;
+    }
     Ok(registration)
+}
+
+impl From<pb::HealthCheck> for CheckRequest {
+    fn from(c: pb::HealthCheck) -> Self {
+        Self {
+            kind: c.kind,
+            target: c.target,
+            path: c.path,
+            interval_seconds: c.interval_seconds,
+            timeout_seconds: c.timeout_seconds,
+            failures_before_unhealthy: c.failures_before_unhealthy,
+            successes_before_healthy: c.successes_before_healthy,
+            deregister_after_seconds: c.deregister_after_seconds,
+        }
+    }
+}
+
+impl From<&HealthCheck> for pb::HealthCheck {
+    fn from(c: &HealthCheck) -> Self {
+        let int = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+        Self {
+            kind: c.kind as i32,
+            target: c.target.clone(),
+            path: c.path.clone(),
+            interval_seconds: int(c.interval_secs),
+            timeout_seconds: int(c.timeout_secs),
+            failures_before_unhealthy: int(c.failures_before_unhealthy),
+            successes_before_healthy: int(c.successes_before_healthy),
+            deregister_after_seconds: int(c.deregister_after_secs),
+        }
+    }
+}
+
+/// A granted check as the wire (or a stored record) carries it, taken as
+/// is: `None` for NONE or an unknown kind.
+pub fn health_check_from_wire(c: pb::HealthCheck) -> Option<HealthCheck> {
+    let uint = |n: i32| u32::try_from(n).unwrap_or(0);
+    Some(HealthCheck {
+        kind: CheckKind::from_wire(c.kind)?,
+        target: c.target,
+        path: c.path,
+        interval_secs: uint(c.interval_seconds).max(1),
+        timeout_secs: uint(c.timeout_seconds).max(1),
+        failures_before_unhealthy: uint(c.failures_before_unhealthy).max(1),
+        successes_before_healthy: uint(c.successes_before_healthy).max(1),
+        deregister_after_secs: uint(c.deregister_after_seconds),
+    })
 }
 
 /// List/Discover filters: `namespace`, `cluster`, `version`, `status`,
@@ -330,6 +382,7 @@ impl From<&Registration> for pb::AgentInfo {
             cluster: reg.cluster.clone(),
             version: reg.version.clone(),
             endpoint: reg.endpoint.clone(),
+            health_check: reg.health_check.as_ref().map(Into::into),
             ..Self::default()
         }
     }
@@ -355,8 +408,8 @@ impl From<&Agent> for pb::AgentInfo {
             endpoint: agent.endpoint.clone(),
             expires_at: agent.expires_at(),
             revision: agent.revision,
-            health_check: None,
-            health_output: String::new(),
+            health_check: agent.health_check.as_ref().map(Into::into),
+            health_output: agent.probe.output.clone(),
         }
     }
 }
@@ -381,6 +434,11 @@ pub fn agent_from_wire(id: AgentId, info: pb::AgentInfo) -> Option<Agent> {
         version: info.version,
         endpoint: info.endpoint,
         revision: info.revision,
+        health_check: info.health_check.and_then(health_check_from_wire),
+        probe: crate::domain::check::ProbeState {
+            output: info.health_output,
+            ..Default::default()
+        },
     })
 }
 

@@ -150,6 +150,7 @@ mod tests {
             endpoint: String::new(),
             telemetry: None,
             ttl_secs: 60,
+            health_check: None,
         };
         Arc::new(Agent::create(AgentId::new_v4(), reg, 0))
     }

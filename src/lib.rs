@@ -49,6 +49,7 @@ pub mod mailbox;
 pub mod metrics;
 pub mod outbox;
 pub mod pb;
+pub mod prober;
 pub mod reaper;
 pub mod server;
 pub mod service;

@@ -54,6 +54,10 @@ pub struct Metrics {
     pub reload_errors: IntCounter,
     /// Calls and connections refused by a limit, by limit.
     pub limited: IntCounterVec,
+    /// Active health check probes by kind and result (`pass`, `fail`).
+    pub health_checks: IntCounterVec,
+    /// Probe duration by kind.
+    pub health_check_duration: HistogramVec,
 }
 
 /// The gauges' values at scrape time, from whoever owns what they count.
@@ -150,6 +154,26 @@ impl Metrics {
                     .namespace(NAMESPACE),
                 &["limit"],
             )?,
+            health_checks: IntCounterVec::new(
+                Opts::new(
+                    "health_checks_total",
+                    "Active health check probes by kind and result",
+                )
+                .namespace(NAMESPACE),
+                &["kind", "result"],
+            )?,
+            health_check_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "health_check_duration_seconds",
+                    "Active health check probe duration by kind",
+                )
+                .namespace(NAMESPACE)
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ]),
+                &["kind"],
+            )?,
             registry,
         };
         for c in [
@@ -164,6 +188,8 @@ impl Metrics {
             Box::new(metrics.auth_failures.clone()),
             Box::new(metrics.reload_errors.clone()),
             Box::new(metrics.limited.clone()),
+            Box::new(metrics.health_checks.clone()),
+            Box::new(metrics.health_check_duration.clone()),
         ] {
             metrics.registry.register(c)?;
         }
@@ -191,6 +217,16 @@ impl Metrics {
         if matches!(result, "UNAVAILABLE" | "INTERNAL") {
             self.store_errors.inc();
         }
+    }
+
+    /// Records one probe of an active check of `kind` (`grpc`, `http`,
+    /// `tcp`).
+    pub fn observe_probe(&self, kind: &str, passed: bool, seconds: f64) {
+        let result = if passed { "pass" } else { "fail" };
+        self.health_checks.with_label_values(&[kind, result]).inc();
+        self.health_check_duration
+            .with_label_values(&[kind])
+            .observe(seconds);
     }
 
     /// Counts a change the view applied (keep-alives are not events).

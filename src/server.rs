@@ -24,13 +24,17 @@ use crate::{
         reload::{self, Source},
     },
     config::{RedisTopology, Settings, StoreSettings, legacy},
-    domain::clock::{Clock, SystemClock},
+    domain::{
+        check::DenyList,
+        clock::{Clock, SystemClock},
+    },
     feed,
     health::{self, HealthStatus},
     http,
     mailbox::Mailboxes,
     metrics::{Gauges, Metrics},
     pb::{self, service_registry_server::ServiceRegistryServer},
+    prober::{self, ProberConfig},
     reaper,
     service::{RegistryService, layer::ObserveLayer},
     store::{
@@ -357,11 +361,24 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
         },
         background.clone(),
     )));
+    let deny = Arc::new(DenyList(settings.health_check_deny.clone()));
+    tasks.push(tokio::spawn(prober::run(
+        store.clone(),
+        view.clone(),
+        clock.clone(),
+        metrics.clone(),
+        ProberConfig {
+            concurrency: settings.health_check_concurrency,
+            deny: deny.clone(),
+        },
+        background.clone(),
+    )));
     let policy = Policy {
         ttl: settings.ttl,
         require_token: settings.require_token,
         bookmark_interval: settings.bookmark_interval,
         max_agents: limits.max_agents,
+        deny,
     };
     let registry = Arc::new(Registry {
         store,

@@ -385,6 +385,16 @@ impl View {
         )
     }
 
+    /// Every agent with an active health check (the prober's work list).
+    pub fn with_checks(&self) -> Vec<Arc<Agent>> {
+        self.read()
+            .agents
+            .values()
+            .filter(|a| a.health_check.is_some())
+            .cloned()
+            .collect()
+    }
+
     /// One agent.
     pub fn get(&self, id: AgentId) -> Option<Arc<Agent>> {
         self.read().agents.get(&id).cloned()

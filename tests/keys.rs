@@ -215,7 +215,7 @@ fn allowed_key(prefix: &str, key: &str) -> bool {
         return false;
     };
     match rest {
-        "due" | "rev" | "agents" | "clock" | "shift" | "history" | "hfloor" => true,
+        "due" | "rev" | "agents" | "clock" | "shift" | "history" | "hfloor" | "probers" => true,
         _ => ["agent:", "notify:"]
             .iter()
             .any(|kind| rest.strip_prefix(kind).is_some_and(is_canonical_uuid)),
@@ -265,7 +265,7 @@ async fn assert_only_registry_names(redis: &RedisProcess, prefixes: &[&str]) -> 
         assert!(
             prefixes.iter().any(|p| allowed_key(p, key)),
             "unexpected Redis key {key:?} (allowed: {{prefix}}:agent:<uuid>, \
-             {{prefix}}:notify:<uuid>, due, rev, agents, clock, shift, history, hfloor)"
+             {{prefix}}:notify:<uuid>, due, rev, agents, clock, shift, history, hfloor, probers)"
         );
     }
     for channel in all_channels(redis).await {

@@ -132,6 +132,27 @@ fn bearer_value(endpoint: &str, jwt: Option<&str>) -> Result<Option<MetadataValu
 /// Result of SDK calls.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+/// An active health check for `RegisterRequest::health_check` (BEHAVIOUR.md
+/// §10): the registry probes `target` (`host:port`; empty = the agent's
+/// endpoint) with `kind`. Every other field is 0 = the server's default;
+/// set them on the returned value to tune the check:
+///
+/// ```
+/// use agent_registry::{client, pb};
+/// let mut check = client::health_check(pb::health_check::Kind::Http, "10.0.0.7:8080");
+/// check.path = "/ready".into();
+/// check.interval_seconds = 5;
+/// let request = pb::RegisterRequest { health_check: Some(check), ..Default::default() };
+/// # let _ = request;
+/// ```
+pub fn health_check(kind: pb::health_check::Kind, target: impl Into<String>) -> pb::HealthCheck {
+    pb::HealthCheck {
+        kind: kind as i32,
+        target: target.into(),
+        ..pb::HealthCheck::default()
+    }
+}
+
 /// A connection to the registry; cheap to clone (clones share the HTTP/2
 /// connection, which reconnects by itself after a failure).
 #[derive(Debug, Clone)]
@@ -340,7 +361,8 @@ impl RegistryClient {
     }
 
     /// Registers an agent (or, with `agent_id` + `registration_token` set,
-    /// registers it again under that id).
+    /// registers it again under that id). Set `request.health_check` (see
+    /// [`health_check`]) to have the registry probe the agent.
     ///
     /// # Errors
     /// The registry's status (e.g. `INVALID_ARGUMENT` naming the field).

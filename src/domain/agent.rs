@@ -4,7 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use super::{AgentId, AgentType, Millis, Revision, Status, to_secs};
+use super::{
+    AgentId, AgentType, Millis, Revision, Status,
+    check::{HealthCheck, ProbeState},
+    to_secs,
+};
 
 /// Execution statistics an agent reports about itself.
 #[derive(Copy, Clone, Debug, Default, PartialEq)]
@@ -58,6 +62,8 @@ pub struct Registration {
     pub telemetry: Option<Telemetry>,
     /// Heartbeat timeout granted, in seconds (already clamped).
     pub ttl_secs: u32,
+    /// The active health check granted, if any (BEHAVIOUR.md §10).
+    pub health_check: Option<HealthCheck>,
 }
 
 /// The metadata key legacy readers take an agent's address from.
@@ -119,6 +125,10 @@ pub struct Agent {
     pub endpoint: String,
     /// Revision of its last change seen by watchers.
     pub revision: Revision,
+    /// Its active health check as granted, if any.
+    pub health_check: Option<HealthCheck>,
+    /// What its probes found so far (default without a check).
+    pub probe: ProbeState,
 }
 
 impl AsRef<Agent> for Agent {
@@ -134,6 +144,25 @@ pub struct HeartbeatEffect {
     pub telemetry_changed: bool,
     /// The status changed from this one (STATUS_CHANGED).
     pub previous_status: Option<Status>,
+}
+
+/// What a probe result changed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ProbeEffect {
+    /// The status changed from this one (STATUS_CHANGED).
+    pub previous_status: Option<Status>,
+    /// The check failed for `deregister_after_seconds`: remove (EXPIRED).
+    pub remove: bool,
+}
+
+/// The status rule with a check: UNHEALTHY while the check fails, else what
+/// the telemetry gives.
+pub fn status_of(telemetry: &Telemetry, probe: &ProbeState) -> Status {
+    if probe.failing {
+        Status::Unhealthy
+    } else {
+        telemetry.status()
+    }
 }
 
 impl Agent {
@@ -157,6 +186,8 @@ impl Agent {
             version: reg.version,
             endpoint: reg.endpoint,
             revision: 0,
+            health_check: reg.health_check,
+            probe: ProbeState::default(),
         }
     }
 
@@ -183,7 +214,7 @@ impl Agent {
     pub fn heartbeat(&self, telemetry: Option<Telemetry>, now: Millis) -> (Self, HeartbeatEffect) {
         let telemetry_changed = telemetry.is_some_and(|t| t != self.telemetry);
         let telemetry = telemetry.unwrap_or(self.telemetry);
-        let status = telemetry.status();
+        let status = status_of(&telemetry, &self.probe);
         let next = Self {
             telemetry,
             status,
@@ -199,6 +230,39 @@ impl Agent {
                 previous_status,
             },
         )
+    }
+
+    /// A probe result at `now` (BEHAVIOUR.md §10): the probe state moves by
+    /// the check's rule, a pass renews liveness as a heartbeat does (and
+    /// revives an overdue agent), the status is recomputed. `None` when the
+    /// agent has no check (a result that arrived after it was re-registered
+    /// without one).
+    pub fn probed(&self, passed: bool, output: String, now: Millis) -> Option<(Self, ProbeEffect)> {
+        let check = self.health_check.as_ref()?;
+        let step = check.step(&self.probe, passed, output, now);
+        let overdue = self.overdue && !step.renews;
+        let status = if overdue {
+            Status::Unhealthy
+        } else {
+            status_of(&self.telemetry, &step.state)
+        };
+        let last_seen_ms = if step.renews {
+            now.max(self.last_seen_ms)
+        } else {
+            self.last_seen_ms
+        };
+        let next = Self {
+            status,
+            overdue,
+            last_seen_ms,
+            probe: step.state,
+            ..self.clone()
+        };
+        let effect = ProbeEffect {
+            previous_status: (status != self.status).then_some(self.status),
+            remove: step.remove,
+        };
+        Some((next, effect))
     }
 
     /// The heartbeat deadline passed: the agent turns UNHEALTHY. Returns the
@@ -264,6 +328,7 @@ pub(crate) mod tests {
             endpoint: String::new(),
             telemetry: None,
             ttl_secs: 10,
+            health_check: None,
         }
     }
 
@@ -337,6 +402,46 @@ pub(crate) mod tests {
         assert_eq!(b.namespace, "other");
         assert_eq!(b.telemetry, a.telemetry);
         assert_eq!(b.status, Status::Degraded);
+    }
+
+    fn checked() -> Agent {
+        let mut reg = registration();
+        reg.health_check = crate::domain::check::grant(
+            crate::domain::check::CheckRequest {
+                kind: 3,
+                target: "a:1".into(),
+                interval_seconds: 1,
+                failures_before_unhealthy: 1,
+                successes_before_healthy: 1,
+                ..Default::default()
+            },
+            "",
+        )
+        .unwrap();
+        Agent::create(AgentId::new_v4(), reg, 1_000)
+    }
+
+    #[test]
+    fn a_failing_check_overrides_telemetry_and_a_pass_revives() {
+        let a = checked();
+        let (down, effect) = a.probed(false, "timeout".into(), 2_000).unwrap();
+        assert_eq!(effect.previous_status, Some(Status::Healthy));
+        assert_eq!((down.status, down.last_seen_ms), (Status::Unhealthy, 1_000));
+        let (beat, effect) = down.heartbeat(Some(telemetry(1.0, 10)), 3_000);
+        assert_eq!(
+            (beat.status, effect.previous_status),
+            (Status::Unhealthy, None)
+        );
+        let (overdue, _) = beat.mark_overdue();
+        let (up, effect) = overdue.probed(true, "connected".into(), 20_000).unwrap();
+        assert_eq!(effect.previous_status, Some(Status::Unhealthy));
+        assert_eq!(
+            (up.status, up.overdue, up.last_seen_ms),
+            (Status::Healthy, false, 20_000)
+        );
+        assert_eq!(up.probe.output, "connected");
+        let plain = Agent::create(AgentId::new_v4(), registration(), 0);
+        assert!(plain.probed(true, String::new(), 1).is_none());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod caller;
+pub mod check;
 pub mod clock;
 pub mod query;
 pub mod rpc;

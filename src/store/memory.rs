@@ -13,7 +13,8 @@ use tokio::sync::broadcast;
 
 use super::{
     BACKLOG_BYTES, BACKLOG_LEN, DEFAULT_HISTORY, Feed, FeedMessage, HeartbeatCommand, Heartbeaten,
-    Notified, NotifyCommand, Ownership, Reaped, RegisterCommand, Registered, Snapshot, Store,
+    Notified, NotifyCommand, Ownership, ProbeCommand, Reaped, RegisterCommand, Registered,
+    Snapshot, Store,
 };
 use crate::domain::{
     Agent, AgentId, Change, ChangeKind, Error, History, Millis, Notification, Replayed, Result,
@@ -308,6 +309,34 @@ impl Store for MemoryStore {
         }
         reaped.next_due = state.due.first().map(|(due, _)| *due);
         Ok(reaped)
+    }
+
+    async fn record_probe(&self, cmd: ProbeCommand, now: Millis) -> Result<Option<ChangeKind>> {
+        let mut state = self.lock();
+        let Some(record) = state.records.get(&cmd.agent_id) else {
+            return Ok(None);
+        };
+        let Some((agent, effect)) = record.agent.probed(cmd.passed, cmd.output, now) else {
+            return Ok(None);
+        };
+        let kind = if effect.remove {
+            ChangeKind::Expired
+        } else if let Some(previous) = effect.previous_status {
+            ChangeKind::StatusChanged { previous }
+        } else {
+            ChangeKind::Touched
+        };
+        self.commit(&mut state, kind, agent, now);
+        Ok(Some(kind))
+    }
+
+    /// One process, one prober.
+    async fn probers(&self, me: &str, _now: Millis, leave: bool) -> Result<Vec<String>> {
+        Ok(if leave {
+            Vec::new()
+        } else {
+            vec![me.to_owned()]
+        })
     }
 
     async fn notify(&self, cmd: NotifyCommand, now: Millis) -> Result<Notified> {

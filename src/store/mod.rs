@@ -12,8 +12,8 @@ use std::{future::Future, sync::Arc};
 use tokio::sync::broadcast;
 
 use crate::domain::{
-    Agent, AgentId, Change, History, Millis, Notification, Result, Revision, Telemetry, Token,
-    TokenHash, agent::Registration,
+    Agent, AgentId, Change, ChangeKind, History, Millis, Notification, Result, Revision, Telemetry,
+    Token, TokenHash, agent::Registration,
 };
 
 pub use self::redis::{RedisConfig, RedisStore};
@@ -133,6 +133,20 @@ pub struct Reaped {
 
 pub use crate::domain::Snapshot;
 
+/// One probe result of an agent's active check (BEHAVIOUR.md §10).
+#[derive(Clone, Debug)]
+pub struct ProbeCommand {
+    /// The agent probed.
+    pub agent_id: AgentId,
+    /// Whether the probe passed.
+    pub passed: bool,
+    /// What it found (`HTTP 503`, `SERVING`, `timeout`).
+    pub output: String,
+}
+
+/// How long a prober replica stays a member after its last announcement.
+pub const PROBER_STALE_MS: Millis = 3000;
+
 /// The registry's storage. Implementations make each method one atomic step
 /// and publish its changes, in revision order, to [`Store::subscribe`]rs.
 pub trait Store: Send + Sync + 'static {
@@ -175,6 +189,32 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// `Unavailable`.
     fn expire_due(&self, now: Millis) -> impl Future<Output = Result<Reaped>> + Send;
+
+    /// Applies one probe result in one atomic step: the hysteresis, the
+    /// deadline renewed on a pass, removal after continuous failure; emits
+    /// STATUS_CHANGED, EXPIRED, or a keep-alive. `None` when the agent is
+    /// gone or no longer has a check.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    fn record_probe(
+        &self,
+        cmd: ProbeCommand,
+        now: Millis,
+    ) -> impl Future<Output = Result<Option<ChangeKind>>> + Send;
+
+    /// Announces prober replica `me` at `now` (or, with `leave`, withdraws
+    /// it) and returns the ids of the live prober replicas: those announced
+    /// within [`PROBER_STALE_MS`].
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    fn probers(
+        &self,
+        me: &str,
+        now: Millis,
+        leave: bool,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
 
     /// Queues a notification in the agent's backlog and publishes it.
     ///

@@ -25,6 +25,7 @@ fn agent(i: usize) -> Agent {
         endpoint: String::new(),
         telemetry: Some(telemetry),
         ttl_secs: 60,
+        health_check: None,
     };
     Agent::create(AgentId::new_v4(), reg, 1_000 * (i as i64 % 5))
 }

@@ -213,6 +213,88 @@ pub(crate) struct RegisterArgs {
     /// its state changes, then deregister it.
     #[arg(long)]
     pub(crate) keep_alive: bool,
+    #[command(flatten)]
+    pub(crate) check: CheckArgs,
+}
+
+/// An active health check the registry runs against the agent
+/// (`register --check ...`); unset values take the server's defaults.
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// Ask the registry to probe the agent: grpc, http or tcp.
+    #[arg(long = "check", value_enum, value_name = "KIND")]
+    pub(crate) check_kind: Option<CheckKindArg>,
+    /// `host:port` probed (default: --agent-endpoint).
+    #[arg(
+        long = "check-target",
+        value_name = "HOST:PORT",
+        requires = "check_kind"
+    )]
+    pub(crate) check_target: Option<String>,
+    /// HTTP path (default /health) or gRPC service name (default "").
+    #[arg(long = "check-path", value_name = "PATH", requires = "check_kind")]
+    pub(crate) check_path: Option<String>,
+    /// Seconds between probes (default 10).
+    #[arg(
+        long = "check-interval",
+        value_name = "SECONDS",
+        requires = "check_kind"
+    )]
+    pub(crate) check_interval: Option<u32>,
+    /// Seconds a probe may take (default min(2, interval)).
+    #[arg(
+        long = "check-timeout",
+        value_name = "SECONDS",
+        requires = "check_kind"
+    )]
+    pub(crate) check_timeout: Option<u32>,
+    /// Consecutive failures before UNHEALTHY (default 3).
+    #[arg(long = "check-failures", value_name = "N", requires = "check_kind")]
+    pub(crate) check_failures: Option<u32>,
+    /// Consecutive passes before healthy again (default 2).
+    #[arg(long = "check-successes", value_name = "N", requires = "check_kind")]
+    pub(crate) check_successes: Option<u32>,
+    /// Seconds of continuous failure before the agent is removed (default:
+    /// never).
+    #[arg(
+        long = "check-deregister-after",
+        value_name = "SECONDS",
+        requires = "check_kind"
+    )]
+    pub(crate) check_deregister_after: Option<u32>,
+}
+
+/// Kind of active health check, as given on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum CheckKindArg {
+    /// grpc.health.v1.Health/Check: SERVING passes.
+    Grpc,
+    /// HTTP GET: any 2xx passes.
+    Http,
+    /// A TCP connection succeeds.
+    Tcp,
+}
+
+impl CheckArgs {
+    /// The requested check, if any.
+    pub(crate) fn to_wire(&self) -> Option<pb::HealthCheck> {
+        let kind = match self.check_kind? {
+            CheckKindArg::Grpc => pb::health_check::Kind::Grpc,
+            CheckKindArg::Http => pb::health_check::Kind::Http,
+            CheckKindArg::Tcp => pb::health_check::Kind::Tcp,
+        };
+        let int = |v: Option<u32>| v.map_or(0, |n| i32::try_from(n).unwrap_or(i32::MAX));
+        Some(pb::HealthCheck {
+            kind: kind as i32,
+            target: self.check_target.clone().unwrap_or_default(),
+            path: self.check_path.clone().unwrap_or_default(),
+            interval_seconds: int(self.check_interval),
+            timeout_seconds: int(self.check_timeout),
+            failures_before_unhealthy: int(self.check_failures),
+            successes_before_healthy: int(self.check_successes),
+            deregister_after_seconds: int(self.check_deregister_after),
+        })
+    }
 }
 
 /// The agent's registration token: `--token`, or `REGISTRY_TOKEN` (a token

@@ -114,7 +114,7 @@ async fn register(args: RegisterArgs, client: &RegistryClient, out: &Printer) ->
         cluster: args.cluster.unwrap_or_default(),
         version: args.version.unwrap_or_default(),
         telemetry: None,
-        health_check: None,
+        health_check: args.check.to_wire(),
         endpoint: args.agent_endpoint.unwrap_or_default(),
         ttl_seconds: args
             .ttl

@@ -353,6 +353,17 @@ fn agent_json(a: &pb::AgentInfo) -> Value {
         "endpoint": a.endpoint,
         "expires_at": a.expires_at,
         "revision": a.revision,
+        "health_check": a.health_check.as_ref().map(|c| json!({
+            "kind": c.kind().as_str_name(),
+            "target": c.target,
+            "path": c.path,
+            "interval_seconds": c.interval_seconds,
+            "timeout_seconds": c.timeout_seconds,
+            "failures_before_unhealthy": c.failures_before_unhealthy,
+            "successes_before_healthy": c.successes_before_healthy,
+            "deregister_after_seconds": c.deregister_after_seconds,
+        })),
+        "health_output": a.health_output,
     })
 }
 

@@ -15,7 +15,7 @@ use crate::{
     convert,
     domain::{
         Agent, AgentId, Change, ChangeKind, Error, Notification, Replayed, Result, Status,
-        Telemetry, TokenHash, agent::Registration,
+        Telemetry, TokenHash, agent::Registration, check::ProbeState,
     },
     pb,
 };
@@ -90,14 +90,19 @@ pub fn encode_notification_payload(
 
 /// The string fields of a msgpack array produced by a script.
 fn fields(bytes: &[u8], expected: usize) -> Result<Vec<Vec<u8>>> {
+    fields_of(bytes, &[expected])
+}
+
+/// [`fields`] of a message that may have any of the `expected` lengths.
+fn fields_of(bytes: &[u8], expected: &[usize]) -> Result<Vec<Vec<u8>>> {
     let value =
         rmpv::decode::read_value(&mut &bytes[..]).map_err(|e| corrupt(format!("message: {e}")))?;
     let rmpv::Value::Array(items) = value else {
         return Err(corrupt("message is not an array"));
     };
-    if items.len() != expected {
+    if !expected.contains(&items.len()) {
         return Err(corrupt(format!(
-            "message has {} fields, not {expected}",
+            "message has {} fields, not {expected:?}",
             items.len()
         )));
     }
@@ -123,11 +128,41 @@ fn status(bytes: &[u8]) -> Result<Status> {
     Status::from_wire(number(bytes, "status")?).ok_or_else(|| corrupt("status"))
 }
 
+/// Fields of a change message before the probe state was added to it (a
+/// replica of the previous version publishes these).
+const CHANGE_FIELDS_V1: usize = 13;
+/// Fields of a change message with the probe state.
+const CHANGE_FIELDS: usize = 18;
+
+/// The probe state of a record: `hx` (1 while failing), `hf`, `hp`
+/// (consecutive failures, passes), `hs` (failing since, ms, or empty), `ho`
+/// (the last output). Absent (nil, sent as empty or missing) = the default.
+fn decode_probe(f: &[Vec<u8>]) -> Result<ProbeState> {
+    if f.len() < CHANGE_FIELDS {
+        return Ok(ProbeState::default());
+    }
+    let count = |b: &[u8], what: &str| -> Result<u32> {
+        if b.is_empty() { Ok(0) } else { number(b, what) }
+    };
+    Ok(ProbeState {
+        failing: f[13].as_slice() == b"1",
+        failures: count(&f[14], "probe failures")?,
+        passes: count(&f[15], "probe passes")?,
+        failing_since: if f[16].is_empty() {
+            None
+        } else {
+            Some(number(&f[16], "failing since")?)
+        },
+        output: String::from_utf8_lossy(&f[17]).into_owned(),
+    })
+}
+
 /// A change message (also a snapshot record, whose kind is `SNAPSHOT`):
-/// `[rev, kind, prev, at, id, reg, tel, st, od, ls, ttl, ra, agent_rev]`.
+/// `[rev, kind, prev, at, id, reg, tel, st, od, ls, ttl, ra, agent_rev,
+/// hx, hf, hp, hs, ho]` (the last five, the probe state, may be missing).
 /// Returns the change and whether it was a snapshot record.
 pub fn decode_change(bytes: &[u8]) -> Result<(Change, bool)> {
-    let f = fields(bytes, 13)?;
+    let f = fields_of(bytes, &[CHANGE_FIELDS_V1, CHANGE_FIELDS])?;
     let kind = match f[1].as_slice() {
         b"REGISTERED" => ChangeKind::Registered,
         b"UPDATED" => ChangeKind::Updated,
@@ -153,6 +188,7 @@ pub fn decode_change(bytes: &[u8]) -> Result<(Change, bool)> {
         last_seen_ms: number(&f[9], "last_seen")?,
         ttl_secs: number(&f[10], "ttl")?,
         revision: number(&f[12], "agent revision")?,
+        probe: decode_probe(&f)?,
         ..convert::agent_from_wire(id, reg).ok_or_else(|| corrupt("agent type"))?
     };
     let change = Change {
@@ -226,6 +262,43 @@ mod tests {
             ..zero
         };
         assert_eq!(encode_telemetry(&zero), encode_telemetry(&negative_zero));
+    }
+
+    fn message(probe: &[&str]) -> Vec<u8> {
+        let reg = encode_registration(&crate::domain::agent::tests::registration());
+        let tel = encode_telemetry(&Telemetry::default());
+        let id = AgentId::new_v4().to_string();
+        let mut items: Vec<rmpv::Value> = [
+            "7", "TOUCHED", "0", "1000", &id, "", &tel, "1", "0", "1000", "10", "1", "5",
+        ]
+        .iter()
+        .map(|s| rmpv::Value::from(*s))
+        .collect();
+        items[5] = rmpv::Value::Binary(reg);
+        items.extend(probe.iter().map(|s| rmpv::Value::from(*s)));
+        let mut out = Vec::new();
+        rmpv::encode::write_value(&mut out, &rmpv::Value::Array(items)).unwrap();
+        out
+    }
+
+    #[test]
+    fn change_messages_with_and_without_probe_state_decode() {
+        let (old, _) = decode_change(&message(&[])).unwrap();
+        assert_eq!(old.agent.probe, ProbeState::default());
+        let (new, _) = decode_change(&message(&["1", "3", "0", "900", "HTTP 503"])).unwrap();
+        assert_eq!(
+            new.agent.probe,
+            ProbeState {
+                failing: true,
+                failures: 3,
+                passes: 0,
+                failing_since: Some(900),
+                output: "HTTP 503".into(),
+            }
+        );
+        let (fresh, _) = decode_change(&message(&["", "", "", "", ""])).unwrap();
+        assert_eq!(fresh.agent.probe, ProbeState::default());
+        assert!(decode_change(&message(&["1"])).is_err());
     }
 
     #[test]

@@ -82,6 +82,11 @@ impl Keys {
         format!("{}hfloor", self.base)
     }
 
+    /// Zset: prober replica id → when it last announced itself (ms).
+    pub fn probers(&self) -> String {
+        format!("{}probers", self.base)
+    }
+
     /// Channel: every change, in revision order.
     pub fn changes_channel(&self) -> String {
         format!("{}changes", self.base)

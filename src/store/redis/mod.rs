@@ -36,7 +36,8 @@ use self::{
 };
 use super::{
     BACKLOG_BYTES, BACKLOG_LEN, Feed, FeedMessage, HeartbeatCommand, Heartbeaten, Notified,
-    NotifyCommand, Ownership, Reaped, RegisterCommand, Registered, Snapshot, Store,
+    NotifyCommand, Ownership, PROBER_STALE_MS, ProbeCommand, Reaped, RegisterCommand, Registered,
+    Snapshot, Store,
 };
 use crate::domain::{
     Agent, AgentId, ChangeKind, Error, History, Millis, Notification, Result, Revision, Telemetry,
@@ -323,6 +324,12 @@ impl Store for RedisStore {
         let fresh = codec::encode_token(&cmd.fresh_token.hash());
         let safety = SAFETY_NET_MS + self.grace_ms;
         let zero_tel = codec::encode_telemetry(&Telemetry::default());
+        let check_rule = cmd
+            .registration
+            .health_check
+            .as_ref()
+            .map(|c| c.script_params())
+            .unwrap_or_default();
         loop {
             let (id, mode) = match cmd.agent_id {
                 Some(id) => (id, "id"),
@@ -352,7 +359,8 @@ impl Store for RedisStore {
                 .arg(zero_tel.as_str())
                 .arg(self.floor())
                 .arg(self.history_cap)
-                .arg(caller_arg(cmd.caller.as_ref()));
+                .arg(caller_arg(cmd.caller.as_ref()))
+                .arg(check_rule.as_str());
             let reply = items(self.invoke_write(invocation).await?)?;
             if reply.first().map(bytes).transpose()? == Some(b"CONFLICT".as_slice()) {
                 continue; // a fresh UUIDv4 collided: draw another
@@ -481,6 +489,52 @@ impl Store for RedisStore {
             expired: usize::try_from(int(expired)?).unwrap_or(0),
             next_due: (next_due >= 0).then_some(next_due),
         })
+    }
+
+    async fn record_probe(&self, cmd: ProbeCommand, now: Millis) -> Result<Option<ChangeKind>> {
+        let mut invocation = self.scripts.probe.prepare_invoke();
+        invocation
+            .key(self.keys.agent(cmd.agent_id))
+            .key(self.keys.due())
+            .key(self.keys.revision())
+            .key(self.keys.agents())
+            .key(self.keys.backlog(cmd.agent_id))
+            .key(self.keys.shift())
+            .key(self.keys.history())
+            .key(self.keys.history_floor())
+            .arg(cmd.agent_id.to_string())
+            .arg(now)
+            .arg(flag(cmd.passed))
+            .arg(cmd.output.as_str())
+            .arg(self.keys.changes_channel())
+            .arg(SAFETY_NET_MS + self.grace_ms)
+            .arg(self.floor())
+            .arg(self.history_cap);
+        let reply = items(self.invoke(invocation).await?)?;
+        if reply.first().map(bytes).transpose()? == Some(b"NONE".as_slice()) {
+            return Ok(None);
+        }
+        check(&reply, cmd.agent_id)?;
+        let (change, _) = codec::decode_change(bytes(
+            reply.get(2).ok_or_else(|| internal("short probe reply"))?,
+        )?)?;
+        self.saw(change.revision);
+        Ok(Some(change.kind))
+    }
+
+    async fn probers(&self, me: &str, now: Millis, leave: bool) -> Result<Vec<String>> {
+        let mut invocation = self.scripts.probers.prepare_invoke();
+        invocation
+            .key(self.keys.probers())
+            .arg(me)
+            .arg(now)
+            .arg(PROBER_STALE_MS)
+            .arg(flag(leave));
+        let reply = items(self.invoke(invocation).await?)?;
+        reply
+            .iter()
+            .map(|member| Ok(String::from_utf8_lossy(bytes(member)?).into_owned()))
+            .collect()
     }
 
     async fn notify(&self, cmd: NotifyCommand, now: Millis) -> Result<Notified> {

@@ -30,6 +30,10 @@ pub struct Scripts {
     pub snapshot: Lua,
     /// The change history after a revision.
     pub history: Lua,
+    /// One probe result of an active check.
+    pub probe: Lua,
+    /// Prober membership: announce (or leave) and list.
+    pub probers: Lua,
 }
 
 impl Scripts {
@@ -44,6 +48,8 @@ impl Scripts {
             open_mailbox: with_common(include_str!("lua/open_mailbox.lua")),
             snapshot: with_common(include_str!("lua/snapshot.lua")),
             history: with_common(include_str!("lua/history.lua")),
+            probe: with_common(include_str!("lua/probe.lua")),
+            probers: Lua::new(include_str!("lua/replicas.lua")),
         }
     }
 }

@@ -13,6 +13,11 @@
 --   tok  token hash              nid  last notification id
 --   own  owner key of the identity that registered it (absent: none)
 --   nb   bytes held in its notification backlog
+--   hc   active check's rule, 'failures:successes:deregister_after_ms'
+--        ('' or absent = no check); its probe state (absent = default):
+--   hx   1 while the check fails  hf   consecutive failures
+--   hp   consecutive passes       hs   failing since (ms, '' = not failing)
+--   ho   what the last probe found
 --
 -- The deadline zset stores "deadline - shift": `shift` (the SHIFT key) grows
 -- by D when heartbeats could not be recorded for D ms, which moves every
@@ -101,9 +106,11 @@ local function emit(rev_key, channel, key, id, kind, prev, now, floor, prev_reg)
   if kind ~= 'TOUCHED' then
     redis.call('HSET', key, 'rev', rev)
   end
-  local f = redis.call('HMGET', key, 'reg', 'tel', 'st', 'od', 'ls', 'ttl', 'ra', 'rev')
+  local f = redis.call('HMGET', key, 'reg', 'tel', 'st', 'od', 'ls', 'ttl', 'ra', 'rev',
+    'hx', 'hf', 'hp', 'hs', 'ho')
   local msg = cmsgpack.pack({ int(rev), kind, prev, int(now), id,
-    f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8] })
+    f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8],
+    f[9] or '', f[10] or '', f[11] or '', f[12] or '', f[13] or '' })
   redis.call(PUBLISH, channel, msg)
   if kind ~= 'TOUCHED' then
     record(rev, msg, prev_reg)

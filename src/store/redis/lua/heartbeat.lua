@@ -20,7 +20,12 @@ if ARGV[3] ~= '' then
   tel, tst = ARGV[3], ARGV[4]
 end
 local ls = math.max(now, tonumber(cur[4]))
-redis.call('HSET', key, 'tel', tel, 'tst', tst, 'st', tst, 'od', '0', 'ls', int(ls))
+-- A failing active check keeps the agent UNHEALTHY whatever its telemetry.
+local st = tst
+if redis.call('HGET', key, 'hx') == '1' then
+  st = '2'
+end
+redis.call('HSET', key, 'tel', tel, 'tst', tst, 'st', st, 'od', '0', 'ls', int(ls))
 local ttl_ms = tonumber(cur[5]) * 1000
 redis.call('ZADD', KEYS[2], ls + ttl_ms - shift_of(KEYS[4]), id)
 redis.call('PEXPIRE', key, ttl_ms + tonumber(ARGV[8]))
@@ -28,7 +33,7 @@ local out = { 'OK' }
 if changed then
   table.insert(out, emit(KEYS[3], ARGV[7], key, id, 'UPDATED', '0', now, tonumber(ARGV[9])))
 end
-if tst ~= cur[3] then
+if st ~= cur[3] then
   table.insert(out, emit(KEYS[3], ARGV[7], key, id, 'STATUS_CHANGED', cur[3], now, tonumber(ARGV[9])))
 end
 if #out == 1 then

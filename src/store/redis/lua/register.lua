@@ -6,6 +6,7 @@
 --       11 changes channel, 12 safety-net expiry ms, 13 telemetry blob of
 --       an agent that never reported any, 14 revision floor, 15 history cap,
 --       16 caller's owner key ('' = anonymous: the agent has no owner identity)
+--       17 active check's rule ('' = none; see `hc` in common.lua)
 -- Returns {'OK', kind, message} or {error code}.
 local key, id, now = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local tel, tst = ARGV[5], ARGV[6]
@@ -45,6 +46,9 @@ else
   redis.call('SADD', KEYS[4], id)
   kind = 'REGISTERED'
 end
+-- A (re-)registration starts its check afresh: passing, no probe history.
+redis.call('HDEL', key, 'hx', 'hf', 'hp', 'hs', 'ho')
+redis.call('HSET', key, 'hc', ARGV[17] or '')
 local ttl_ms = tonumber(ARGV[7]) * 1000
 redis.call('ZADD', KEYS[2], now + ttl_ms - shift_of(KEYS[5]), id)
 redis.call('PEXPIRE', key, ttl_ms + tonumber(ARGV[12]))

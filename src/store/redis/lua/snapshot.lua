@@ -16,10 +16,12 @@ if tonumber(rev) < tonumber(ARGV[3]) then
 end
 local out = { rev }
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  local f = redis.call('HMGET', ARGV[1] .. id, 'reg', 'tel', 'st', 'od', 'ls', 'ttl', 'ra', 'rev')
+  local f = redis.call('HMGET', ARGV[1] .. id, 'reg', 'tel', 'st', 'od', 'ls', 'ttl', 'ra', 'rev',
+    'hx', 'hf', 'hp', 'hs', 'ho')
   if f[1] then
     table.insert(out, cmsgpack.pack({ rev, 'SNAPSHOT', '0', '0', id,
-      f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8] }))
+      f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8],
+      f[9] or '', f[10] or '', f[11] or '', f[12] or '', f[13] or '' }))
   end
 end
 return out
