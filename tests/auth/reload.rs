@@ -150,3 +150,61 @@ async fn a_rotated_jwt_bundle_applies_within_10_s() {
     assert_eq!(list(&mut client, call(&new)).await, Code::Ok);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_new_client_ca_applies_to_new_connections_within_10_s() {
+    let (ca, next, files) = (Ca::new("test ca"), Ca::new("next client ca"), Files::new());
+    let leaf = ca.server(1);
+    files.write("tls.crt", &leaf.cert);
+    files.write("tls.key", &leaf.key);
+    files.write("ca.crt", &ca.pem);
+    let (cert, key, client_ca) = (
+        files.path("tls.crt"),
+        files.path("tls.key"),
+        files.path("ca.crt"),
+    );
+    let flags = [
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-client-ca",
+        &client_ca,
+    ];
+    let server = Server::start(&flags).await;
+    let old_client = ca.client("old", None);
+    let mut open = server.tls_client(&ca, Some(&old_client)).await.unwrap();
+    assert_eq!(
+        list(&mut open, tonic::Request::new(Default::default())).await,
+        Code::Ok
+    );
+    let new_client = next.client("new", None);
+    let accepted = |leaf| {
+        let server = &server;
+        let ca = &ca;
+        async move {
+            match server.tls_client(ca, Some(leaf)).await {
+                Ok(mut client) => {
+                    list(&mut client, tonic::Request::new(Default::default())).await == Code::Ok
+                }
+                Err(_) => false,
+            }
+        }
+    };
+    assert!(!accepted(&new_client).await);
+    files.write("ca.crt", &next.pem);
+    wait_until(WITHIN, "clients of the new CA are accepted", || {
+        accepted(&new_client)
+    })
+    .await;
+    assert!(
+        !accepted(&old_client).await,
+        "new connections use the new CA only"
+    );
+    // The connection opened before the change keeps working.
+    assert_eq!(
+        list(&mut open, tonic::Request::new(Default::default())).await,
+        Code::Ok
+    );
+    server.stop().await;
+}
