@@ -69,6 +69,12 @@ const FENCING_THRESHOLD_MS: i64 = 1000;
 /// drops records when no replica runs for this long.
 const SAFETY_NET_MS: i64 = 24 * 3600 * 1000;
 
+/// Every pooled connection stayed busy for the whole pool wait: the
+/// replica is saturated; Redis is not known to be unreachable.
+#[derive(Debug, thiserror::Error)]
+#[error("every Redis connection of this replica is busy")]
+pub(crate) struct PoolBusy;
+
 /// Settings of the Redis store.
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
@@ -293,7 +299,15 @@ impl RedisStore {
     }
 
     /// Records whether a command reached Redis, and logs when that changes.
+    /// A call that only found every pooled connection busy says nothing
+    /// about Redis (this replica is saturated): it changes nothing, so a
+    /// burst of callers cannot make the replica refuse everything else.
     fn note_reachability<T>(&self, result: &Result<T>) {
+        if let Err(Error::Unavailable { source }) = result
+            && source.is::<PoolBusy>()
+        {
+            return;
+        }
         let reachable = !matches!(result, Err(Error::Unavailable { .. }));
         self.commands_failed.store(!reachable, Ordering::Release);
         let was = self.commands_ok.swap(reachable, Ordering::AcqRel);

@@ -341,6 +341,17 @@ fn broken(error: &redis::RedisError) -> bool {
         || error.is_connection_refusal()
 }
 
+/// A pool that had no connection to give within the pool wait is busy
+/// ([`super::PoolBusy`]); any other pool failure means Redis is unreachable.
+fn pool_error(error: deadpool_redis::PoolError) -> Error {
+    match error {
+        deadpool_redis::PoolError::Timeout(deadpool_redis::TimeoutType::Wait) => {
+            Error::unavailable(super::PoolBusy)
+        }
+        other => unavailable(other.to_string()),
+    }
+}
+
 impl Topology {
     /// A topology for `endpoints`. Connects lazily: nothing unreachable now
     /// stops it from working later.
@@ -436,7 +447,7 @@ impl Topology {
         };
         match self.mode().await? {
             Mode::Direct { pool, .. } => {
-                let mut conn = pool.get().await.map_err(|e| unavailable(e.to_string()))?;
+                let mut conn = pool.get().await.map_err(pool_error)?;
                 let result = run_on(&mut *conn, call, false, wait).await;
                 if let Err(error) = &result
                     && broken(error)
@@ -460,7 +471,7 @@ impl Topology {
                         ) {
                             self.forget(generation);
                         }
-                        return Err(unavailable(error.to_string()));
+                        return Err(pool_error(error));
                     }
                 };
                 let result = run_on(&mut *conn, call, false, wait).await;
