@@ -152,12 +152,11 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let (grpc, grpc_addr) = bind(settings.grpc_addr).await?;
     let (admin, metrics_addr) = bind(settings.metrics_addr).await?;
-    let files = &settings.security.files;
-    let secured = files.tls.is_some() || files.jwt_bundle.is_some() || files.policy.is_some();
+    // The HTTP API applies identity, policy and limits like the gRPC port,
+    // but does not speak TLS yet: it must not become a plaintext door next
+    // to a TLS-only gRPC port.
+    let secured = settings.security.files.tls.is_some();
     let http_addr = match settings.http_addr {
-        // The HTTP API does not apply TLS, JWT-SVIDs or the policy yet: it
-        // must not become a plaintext, unauthorized door next to a secured
-        // gRPC port.
         Some(_) if secured => None,
         other => other,
     };
@@ -177,8 +176,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         })?;
     if http_refused {
         tracing::warn!(
-            "HTTP API off: it does not apply --tls-cert, --jwt-bundle or --authz-policy yet \
-             (BEHAVIOUR.md §9, §12); use gRPC, or run without them"
+            "HTTP API off: it does not serve TLS yet (BEHAVIOUR.md §9, §12); \
+             with --tls-cert, use gRPC"
         );
     }
     let shutdown = CancellationToken::new();
@@ -389,7 +388,7 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
         shutdown: shutdown.clone(),
     });
     if let Some(listener) = http {
-        let router = http::router(registry.clone(), metrics.clone());
+        let router = http::router(registry.clone(), metrics.clone(), security.clone());
         // Small answers and SSE events must not wait for delayed ACKs.
         let listener = listener.tap_io(|tcp| {
             if let Err(error) = tcp.set_nodelay(true) {

@@ -111,7 +111,7 @@ where
 
 /// Steps 1–3: the caller, the policy, the limits. On success the caller is
 /// in the request's extensions and, for a stream, its slot is returned.
-fn admit<B>(
+pub(crate) fn admit<B>(
     security: &Security,
     rpc: Rpc,
     request: &mut http::Request<B>,
@@ -212,7 +212,7 @@ impl<B> GuardedBody<B> {
         }
     }
 
-    fn holding(body: B, slot: Option<OwnedSemaphorePermit>) -> Self {
+    pub(crate) fn holding(body: B, slot: Option<OwnedSemaphorePermit>) -> Self {
         Self {
             body: Some(body),
             slot,

@@ -31,10 +31,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, field::Empty};
 
 use crate::{
-    api::Registry, domain::rpc::Rpc, metrics::Metrics, server::DRAIN_GRACE,
-    service::streams::StreamContext, store::Store,
+    api::Registry,
+    auth::{
+        Security,
+        layer::{GuardedBody, admit},
+    },
+    domain::rpc::Rpc,
+    metrics::Metrics,
+    server::DRAIN_GRACE,
+    service::streams::StreamContext,
+    store::Store,
 };
-use error::Outcome;
+use axum::response::IntoResponse;
+use error::{ApiError, Outcome};
 
 /// What the routes share.
 pub struct Http<S> {
@@ -44,8 +53,14 @@ pub struct Http<S> {
     streams: StreamContext,
 }
 
-/// The router of every route of §12, over `registry`.
-pub fn router<S: Store>(registry: Arc<Registry<S>>, metrics: Arc<Metrics>) -> Router {
+/// The router of every route of §12, over `registry`. Every call passes
+/// `security`'s identity, policy and limits first (BEHAVIOUR.md §9), as an
+/// RPC does.
+pub fn router<S: Store>(
+    registry: Arc<Registry<S>>,
+    metrics: Arc<Metrics>,
+    security: Arc<Security>,
+) -> Router {
     let state = Arc::new(Http {
         streams: StreamContext::new(registry.shutdown(), &metrics),
         registry,
@@ -55,6 +70,7 @@ pub fn router<S: Store>(registry: Arc<Registry<S>>, metrics: Arc<Metrics>) -> Ro
             Observer {
                 rpc,
                 metrics: metrics.clone(),
+                security: security.clone(),
             },
             observe,
         ))
@@ -86,7 +102,11 @@ pub fn router<S: Store>(registry: Arc<Registry<S>>, metrics: Arc<Metrics>) -> Ro
             "/v1/watch",
             observed(Rpc::WatchAgents, get(routes::watch::<S>)),
         )
-        .route("/v1/capabilities", get(routes::capabilities::<S>))
+        .route(
+            "/v1/capabilities",
+            // The catalog is a read of the population: ListAgents' rights.
+            observed(Rpc::ListAgents, get(routes::capabilities::<S>)),
+        )
         .route("/v1/openapi.json", get(console::openapi))
         .merge(console::routes())
         .fallback(routes::no_route)
@@ -126,13 +146,14 @@ where
 struct Observer {
     rpc: Rpc,
     metrics: Arc<Metrics>,
+    security: Arc<Security>,
 }
 
 /// Runs one call in its `call` span and records its latency and result
 /// (the [`Outcome`] an error answer leaves, else `ok`; a watch counts when
 /// its stream starts, as on gRPC). A 405 (no such method on the route) is
 /// not a call and is not counted.
-async fn observe(State(observer): State<Observer>, request: Request, next: Next) -> Response {
+async fn observe(State(observer): State<Observer>, mut request: Request, next: Next) -> Response {
     let span = tracing::info_span!(
         "call",
         rpc = observer.rpc.name(),
@@ -142,7 +163,20 @@ async fn observe(State(observer): State<Observer>, request: Request, next: Next)
         duration_ms = Empty
     );
     let started = Instant::now();
-    let response = next.run(request).instrument(span.clone()).await;
+    // Identity, policy, rate and stream slots, exactly as for the RPC; the
+    // caller travels to the route in the request's extensions.
+    let admitted = {
+        let _entered = span.enter();
+        admit(&observer.security, observer.rpc, &mut request)
+    };
+    let response = match admitted {
+        Ok(slot) => next
+            .run(request)
+            .instrument(span.clone())
+            .await
+            .map(|body| axum::body::Body::new(GuardedBody::holding(body, slot))),
+        Err(status) => ApiError::from(status).into_response(),
+    };
     let elapsed = started.elapsed();
     let status = response.status();
     let result = match response.extensions().get::<Outcome>() {

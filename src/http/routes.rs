@@ -6,6 +6,7 @@
 use std::{convert::Infallible, sync::Arc};
 
 use axum::{
+    Extension,
     body::Bytes,
     extract::{
         Path, RawQuery, State,
@@ -24,7 +25,7 @@ use super::{Http, decode, error::ApiError};
 use crate::{
     api::{Call, Read},
     convert::{self, STALE_METADATA_KEY, TOKEN_METADATA_KEY},
-    domain::validate,
+    domain::{Caller, validate},
     pb,
     service::streams,
     store::Store,
@@ -34,17 +35,19 @@ type Answer = Result<Response, ApiError>;
 type AppState<S> = State<Arc<Http<S>>>;
 
 /// The call context of an HTTP request: the token (request field, else the
-/// `x-registration-token` header). HTTP callers state no deadline, and are
-/// anonymous: the HTTP API runs only when no identity or policy is
-/// configured (see `server::start`).
-fn call(headers: &HeaderMap, token_field: String) -> Call {
+/// `x-registration-token` header) and the caller the guard established
+/// (`http::observe`). HTTP callers state no deadline.
+fn call(headers: &HeaderMap, caller: &Option<Extension<Caller>>, token_field: String) -> Call {
     let header = headers
         .get(TOKEN_METADATA_KEY)
         .and_then(|v| v.to_str().ok());
     Call {
         token: convert::token_of(token_field, header),
         deadline: None,
-        caller: Default::default(),
+        caller: caller
+            .as_ref()
+            .map(|Extension(caller)| caller.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -95,11 +98,16 @@ fn id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
 pub async fn register<S: Store>(
     State(http): AppState<S>,
     headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let mut req: pb::RegisterRequest = decode::body(&bytes(body)?)?;
     let decoded = convert::register_request(&mut req, http.registry.ttl())?;
-    let call = call(&headers, std::mem::take(&mut req.registration_token));
+    let call = call(
+        &headers,
+        &caller,
+        std::mem::take(&mut req.registration_token),
+    );
     let registered = http.registry.register(&call, decoded).await?;
     json(&convert::register_response(&registered))
 }
@@ -109,13 +117,14 @@ pub async fn heartbeat<S: Store>(
     State(http): AppState<S>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let mut req: pb::HeartbeatRequest = decode::body(&bytes(body)?)?;
     decode::path_id(id(path)?, &mut req.agent_id)?;
     let agent_id = validate::agent_id("agent_id", &req.agent_id)?;
     let telemetry = req.telemetry.map(convert::telemetry).transpose()?;
-    let call = call(&headers, req.registration_token);
+    let call = call(&headers, &caller, req.registration_token);
     let done = http.registry.heartbeat(&call, agent_id, telemetry).await?;
     json(&convert::heartbeat_response(&done))
 }
@@ -125,11 +134,12 @@ pub async fn deregister<S: Store>(
     State(http): AppState<S>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
 ) -> Answer {
     let agent_id = validate::agent_id("agent_id", &id(path)?)?;
     let success = http
         .registry
-        .deregister(&call(&headers, String::new()), agent_id)
+        .deregister(&call(&headers, &caller, String::new()), agent_id)
         .await?;
     json(&pb::DeregisterResponse { success })
 }
@@ -139,11 +149,12 @@ pub async fn get_agent<S: Store>(
     State(http): AppState<S>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
 ) -> Answer {
     let agent_id = validate::agent_id("agent_id", &id(path)?)?;
     let agent = http
         .registry
-        .get(&call(&headers, String::new()), agent_id)
+        .get(&call(&headers, &caller, String::new()), agent_id)
         .await?;
     read_json(agent, |agent| pb::GetAgentResponse {
         agent: Some(pb::AgentInfo::from(&*agent)),
@@ -154,12 +165,13 @@ pub async fn get_agent<S: Store>(
 pub async fn list<S: Store>(
     State(http): AppState<S>,
     headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
     RawQuery(query): RawQuery,
 ) -> Answer {
     let request = convert::list_request(decode::list_request(query.as_deref())?)?;
     let page = http
         .registry
-        .list(&call(&headers, String::new()), &request)
+        .list(&call(&headers, &caller, String::new()), &request)
         .await?;
     read_json(page, |page| convert::list_response(&request, page))
 }
@@ -168,12 +180,13 @@ pub async fn list<S: Store>(
 pub async fn discover<S: Store>(
     State(http): AppState<S>,
     headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
     RawQuery(query): RawQuery,
 ) -> Answer {
     let query = convert::discover_query(decode::discover_request(query.as_deref())?)?;
     let found = http
         .registry
-        .discover(&call(&headers, String::new()), &query)
+        .discover(&call(&headers, &caller, String::new()), &query)
         .await?;
     read_json(found, |agents| convert::discover_response(&query, &agents))
 }
@@ -183,6 +196,7 @@ pub async fn notify<S: Store>(
     State(http): AppState<S>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let mut req: pb::NotifyAgentRequest = decode::body(&bytes(body)?)?;
@@ -190,7 +204,7 @@ pub async fn notify<S: Store>(
     let cmd = convert::notify_command(req)?;
     let outcome = http
         .registry
-        .notify(&call(&headers, String::new()), cmd)
+        .notify(&call(&headers, &caller, String::new()), cmd)
         .await?;
     json(&convert::notify_response(&outcome))
 }
@@ -201,13 +215,14 @@ pub async fn notify<S: Store>(
 pub async fn watch<S: Store>(
     State(http): AppState<S>,
     headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
     RawQuery(query): RawQuery,
 ) -> Answer {
     let request = convert::watch_request(decode::watch_request(query.as_deref())?)?;
     let snapshot = request.snapshot;
     let watching = http
         .registry
-        .watch(&call(&headers, String::new()), request)
+        .watch(&call(&headers, &caller, String::new()), request)
         .await?;
     let events = streams::watch(
         watching,
@@ -242,10 +257,14 @@ fn sse_event(item: Result<pb::AgentChangeEvent, tonic::Status>) -> Event {
 }
 
 /// `GET /v1/capabilities`: the catalog, sorted by name.
-pub async fn capabilities<S: Store>(State(http): AppState<S>, headers: HeaderMap) -> Answer {
+pub async fn capabilities<S: Store>(
+    State(http): AppState<S>,
+    headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
+) -> Answer {
     let catalog = http
         .registry
-        .capabilities(&call(&headers, String::new()))
+        .capabilities(&call(&headers, &caller, String::new()))
         .await;
     read_json(catalog, |catalog| Catalog {
         capabilities: catalog

@@ -86,3 +86,64 @@ fn a_policy_that_does_not_parse_names_an_unknown_method_or_has_no_rules_stops_th
     let (code, first) = run_binary(&["--authz-policy", &files.path("missing.yaml")]);
     assert_eq!(code, Some(2), "{first}");
 }
+
+/// The HTTP/JSON door applies the same policy as the gRPC one (BEHAVIOUR.md
+/// §9, §12): anonymous callers may read, not write.
+#[tokio::test]
+async fn the_http_api_applies_the_policy_too() {
+    let files = Files::new();
+    files.write(
+        "policy.yaml",
+        "rules:\n  - identities: [anonymous]\n    allow: [GetAgent, ListAgents, DiscoverAgents]\n",
+    );
+    let policy = files.path("policy.yaml");
+    let server = Server::start(&["--authz-policy", &policy]).await;
+    let base = format!(
+        "http://{}",
+        server.http.expect("the HTTP API is on without TLS")
+    );
+    let http = reqwest::Client::new();
+    let listed = http.get(format!("{base}/v1/agents")).send().await.unwrap();
+    assert_eq!(listed.status(), 200);
+    let catalog = http
+        .get(format!("{base}/v1/capabilities"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(catalog.status(), 200);
+    let refused = http
+        .post(format!("{base}/v1/agents"))
+        .body(r#"{"agentType":"WORKER","capabilities":["a"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "UNAUTHENTICATED");
+    let watch = http.get(format!("{base}/v1/watch")).send().await.unwrap();
+    assert_eq!(
+        watch.status(),
+        401,
+        "WatchAgents is not allowed to anonymous callers"
+    );
+    let garbage = http
+        .get(format!("{base}/v1/agents"))
+        .header("authorization", "Bearer not-a-jwt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), 401, "a bad credential is never anonymous");
+}
+
+/// With TLS on the gRPC port, the HTTP API (plaintext only, for now) is off.
+#[tokio::test]
+async fn the_http_api_is_off_next_to_a_tls_port() {
+    let ca = crate::pki::Ca::new("test ca");
+    let leaf = ca.server(1);
+    let files = Files::new();
+    files.write("cert.pem", &leaf.cert);
+    files.write("key.pem", &leaf.key);
+    let (cert, key) = (files.path("cert.pem"), files.path("key.pem"));
+    let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]).await;
+    assert!(server.http.is_none());
+}

@@ -51,6 +51,8 @@ impl Files {
 pub struct Server {
     pub addr: SocketAddr,
     pub metrics: SocketAddr,
+    /// The HTTP/JSON API (off when TLS is configured).
+    pub http: Option<SocketAddr>,
     running: Running,
 }
 
@@ -78,6 +80,7 @@ impl Server {
         Self {
             addr: running.grpc_addr(),
             metrics: running.metrics_addr(),
+            http: running.http_addr(),
             running,
         }
     }
