@@ -434,20 +434,7 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
             ServiceRegistryServer::new(service).max_decoding_message_size(limits.max_message_bytes),
         )
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
-    let drain_deadline = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(DRAIN_GRACE).await;
-    };
-    tokio::select! {
-        result = server => {
-            if let Err(error) = result {
-                tracing::error!(%error, "gRPC server failed");
-            }
-        }
-        _ = drain_deadline => {
-            tracing::warn!(grace = ?DRAIN_GRACE, "calls still running after the drain grace; stopping anyway");
-        }
-    }
+    drain("gRPC", server, &shutdown).await;
     shutdown.cancel();
     background.cancel();
     for task in tasks {
@@ -465,6 +452,29 @@ fn gauges(view: Arc<View>, mailboxes: Arc<Mailboxes>) -> admin::GaugeSource {
         watchers: view.hub().len(),
         subscribers: mailboxes.total(),
     })
+}
+
+/// Runs `server` (which stops taking calls on `shutdown`) until it ends,
+/// or until [`DRAIN_GRACE`] after `shutdown` while calls are still running.
+pub(crate) async fn drain<E: std::fmt::Display>(
+    what: &str,
+    server: impl Future<Output = Result<(), E>>,
+    shutdown: &CancellationToken,
+) {
+    let drain_deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_GRACE).await;
+    };
+    tokio::select! {
+        result = server => {
+            if let Err(error) = result {
+                tracing::error!(%error, "{what} server failed");
+            }
+        }
+        _ = drain_deadline => {
+            tracing::warn!(grace = ?DRAIN_GRACE, "{what} calls still running after the drain grace; stopping anyway");
+        }
+    }
 }
 
 /// Keeps gRPC health and `/readyz` in step with whether this replica can

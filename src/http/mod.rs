@@ -38,7 +38,6 @@ use crate::{
     },
     domain::rpc::Rpc,
     metrics::Metrics,
-    server::DRAIN_GRACE,
     service::streams::StreamContext,
     store::Store,
 };
@@ -115,7 +114,7 @@ pub fn router<S: Store>(
 }
 
 /// Serves `router` on an already bound listener until `shutdown`, then
-/// lets calls in flight finish for at most [`DRAIN_GRACE`] (watch streams
+/// lets calls in flight finish for at most [`crate::server::DRAIN_GRACE`] (watch streams
 /// end at once: they follow the shutdown token). Generic over the
 /// listener, so a TLS acceptor can wrap the TCP one.
 pub async fn serve<L>(listener: L, router: Router, shutdown: CancellationToken)
@@ -123,22 +122,10 @@ where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
-    let server =
-        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let drain_deadline = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(DRAIN_GRACE).await;
-    };
-    tokio::select! {
-        result = server => {
-            if let Err(error) = result {
-                tracing::error!(%error, "HTTP API server failed");
-            }
-        }
-        _ = drain_deadline => {
-            tracing::warn!(grace = ?DRAIN_GRACE, "HTTP calls still running after the drain grace; stopping anyway");
-        }
-    }
+    let server = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    crate::server::drain("HTTP API", server, &shutdown).await;
 }
 
 /// What the per-call middleware needs.
