@@ -69,9 +69,9 @@ local function record(rev, msg, prev_reg)
   if history.key == nil or history.cap <= 0 then
     return
   end
-  if redis.call('EXISTS', history.floor) == 0 then
-    redis.call('SET', history.floor, int(rev - 1))
-  end
+  -- The first change ever recorded: everything above its predecessor is
+  -- in the history from now on.
+  redis.call('SET', history.floor, int(rev - 1), 'NX')
   local top = redis.call('XREVRANGE', history.key, '+', '-', 'COUNT', 1)
   if #top == 1 and tonumber(string.match(top[1][1], '^(%d+)')) >= rev then
     return
