@@ -31,8 +31,9 @@ use tokio_util::sync::CancellationToken;
 use self::{
     keys::Keys,
     listener::Listener,
+    scripts::Call,
     scripts::Scripts,
-    topology::{Call, Durability, Topology},
+    topology::{Durability, Topology},
 };
 use super::{
     BACKLOG_BYTES, BACKLOG_LEN, Feed, FeedMessage, HeartbeatCommand, Heartbeaten, Notified,
