@@ -6,6 +6,13 @@
 //! with. Depends on: nothing but clap.
 
 pub mod legacy;
+mod redis;
+mod security;
+
+pub use self::{
+    redis::{RedisTopology, StoreSettings, redact_url},
+    security::{HANDSHAKE_TIMEOUT, Limits, SecurityFiles, SecuritySettings, TlsFiles},
+};
 
 use std::{fmt, net::IpAddr, path::PathBuf, time::Duration};
 
@@ -197,46 +204,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// The store the server actually runs with, after `auto` is resolved.
-#[derive(Clone, PartialEq, Eq)]
-pub enum StoreSettings {
-    /// The embedded in-memory store.
-    Memory,
-    /// Redis, found as `topology` says, every key under `prefix`.
-    Redis {
-        /// How the primary is found.
-        topology: RedisTopology,
-        /// Key and channel namespace.
-        prefix: String,
-        /// Replicas that must hold an acknowledged write (Redis `WAIT`).
-        wait_replicas: u32,
-    },
-}
-
-/// How the registry finds its Redis primary (BEHAVIOUR.md §8). Every URL
-/// may carry a password, so none is ever logged as is.
-#[derive(Clone, PartialEq, Eq)]
-pub enum RedisTopology {
-    /// One Redis at this URL.
-    Url(String),
-    /// The primary the Sentinels monitor.
-    Sentinel {
-        /// The Sentinels as URLs (their own password included).
-        sentinels: Vec<String>,
-        /// The monitored primary's name.
-        master: String,
-        /// Username of the data nodes.
-        username: Option<String>,
-        /// Password of the data nodes.
-        password: Option<String>,
-        /// TLS to the data nodes.
-        tls: bool,
-    },
-    /// Seed nodes of a Redis Cluster as URLs (credentials included); when
-    /// they are not a cluster, the first is one plain Redis.
-    Cluster(Vec<String>),
-}
-
 /// Timing rules of agent liveness, in the units the domain uses.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct TtlPolicy {
@@ -300,67 +267,6 @@ pub struct Settings {
     pub health_check_deny: Vec<ipnet::IpNet>,
 }
 
-/// The files that carry credentials and policy (each reloaded when it
-/// changes on disk).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SecurityFiles {
-    /// Certificate chain and key: TLS on the gRPC port.
-    pub tls: Option<TlsFiles>,
-    /// CA bundle client certificates must chain to (needs `tls`).
-    pub client_ca: Option<PathBuf>,
-    /// JWKS of the JWT-SVID signers.
-    pub jwt_bundle: Option<PathBuf>,
-    /// The authorization policy.
-    pub policy: Option<PathBuf>,
-}
-
-/// A certificate chain and its key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// PEM chain, leaf first.
-    pub cert: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
-}
-
-/// The limits of BEHAVIOUR.md §9, in the units the server uses.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest request body accepted.
-    pub max_message_bytes: usize,
-    /// Open streams per replica.
-    pub max_streams: usize,
-    /// Connection lifetime before a graceful GOAWAY (`None` = unbounded).
-    pub max_connection_age: Option<Duration>,
-    /// Calls per second per caller (`None` = unlimited).
-    pub rate_limit: Option<u32>,
-    /// Open client connections.
-    pub max_connections: usize,
-    /// HTTP/2 streams per connection.
-    pub max_concurrent_streams: u32,
-    /// Largest List/Discover answer.
-    pub max_response_bytes: usize,
-    /// Registered agents.
-    pub max_agents: usize,
-    /// Time a connection has to complete its TLS and HTTP/2 handshakes
-    /// (10 s; not a flag: tests shorten it).
-    pub handshake_timeout: Duration,
-}
-
-/// Identity, TLS, policy and limits.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SecuritySettings {
-    /// Credential and policy files.
-    pub files: SecurityFiles,
-    /// Audience a JWT-SVID must carry.
-    pub jwt_audience: String,
-    /// Limits.
-    pub limits: Limits,
-}
-
-/// Time a new connection has to complete its handshakes (BEHAVIOUR.md §9).
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A setting that clap parsed but that does not make sense with the others.
 /// Its message starts with the name of the setting.
 #[derive(Debug, thiserror::Error)]
@@ -373,7 +279,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(setting: &'static str, reason: impl Into<String>) -> Self {
+    pub(super) fn new(setting: &'static str, reason: impl Into<String>) -> Self {
         Self {
             setting,
             reason: reason.into(),
@@ -523,152 +429,6 @@ impl Config {
             health_check_deny,
         })
     }
-
-    /// The §9 settings, checked.
-    fn security(&self) -> Result<SecuritySettings, ConfigError> {
-        let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-            }),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(ConfigError::new(
-                    "--tls-key (TLS_KEY_FILE)",
-                    "required with --tls-cert (TLS_CERT_FILE)",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::new(
-                    "--tls-cert (TLS_CERT_FILE)",
-                    "required with --tls-key (TLS_KEY_FILE)",
-                ));
-            }
-        };
-        if self.tls_client_ca.is_some() && tls.is_none() {
-            return Err(ConfigError::new(
-                "--tls-client-ca (TLS_CLIENT_CA_FILE)",
-                "needs --tls-cert and --tls-key: client certificates travel over TLS",
-            ));
-        }
-        if self.jwt_audience.is_empty() {
-            return Err(ConfigError::new(
-                "--jwt-audience (SPIFFE_JWT_AUDIENCE)",
-                "must not be empty",
-            ));
-        }
-        let at_least_one = |value: usize, setting: &'static str| {
-            if value == 0 {
-                Err(ConfigError::new(setting, "must be at least 1"))
-            } else {
-                Ok(value)
-            }
-        };
-        let limits = Limits {
-            max_message_bytes: at_least_one(
-                self.max_message_bytes,
-                "--max-message-bytes (MAX_MESSAGE_BYTES)",
-            )?,
-            max_streams: at_least_one(self.max_streams, "--max-streams (MAX_STREAMS)")?,
-            max_connection_age: (self.max_connection_age > 0)
-                .then(|| Duration::from_secs(self.max_connection_age)),
-            rate_limit: (self.rate_limit > 0).then_some(self.rate_limit),
-            max_connections: at_least_one(
-                self.max_connections,
-                "--max-connections (MAX_CONNECTIONS)",
-            )?,
-            max_concurrent_streams: u32::try_from(at_least_one(
-                self.max_concurrent_streams as usize,
-                "--max-concurrent-streams (MAX_CONCURRENT_STREAMS)",
-            )?)
-            .unwrap_or(u32::MAX),
-            max_response_bytes: at_least_one(
-                self.max_response_bytes,
-                "--max-response-bytes (MAX_RESPONSE_BYTES)",
-            )?,
-            max_agents: at_least_one(self.max_agents, "--max-agents (MAX_AGENTS)")?,
-            handshake_timeout: HANDSHAKE_TIMEOUT,
-        };
-        Ok(SecuritySettings {
-            files: SecurityFiles {
-                tls,
-                client_ca: self.tls_client_ca.clone(),
-                jwt_bundle: self.jwt_bundle.clone(),
-                policy: self.authz_policy.clone(),
-            },
-            jwt_audience: self.jwt_audience.clone(),
-            limits,
-        })
-    }
-
-    /// How Redis is found: exactly one of `--redis-url`, `--redis-sentinels`
-    /// and `--redis-cluster-nodes`, else the first of the original's
-    /// `ETCD_ENDPOINTS`; credentials fill in what a URL does not carry.
-    fn redis_topology(
-        &self,
-        env: &legacy::LegacyEnv,
-        credentials: &legacy::Credentials,
-        report: &mut legacy::Report,
-    ) -> Result<Option<RedisTopology>, ConfigError> {
-        const URL: &str = "--redis-url (REDIS_URL)";
-        const SENTINELS: &str = "--redis-sentinels (REDIS_SENTINELS)";
-        const NODES: &str = "--redis-cluster-nodes (REDIS_CLUSTER_NODES)";
-        let set = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
-        let given = [
-            (URL, set(&self.redis_url)),
-            (SENTINELS, set(&self.redis_sentinels)),
-            (NODES, set(&self.redis_cluster_nodes)),
-        ];
-        let mut named = given.iter().filter(|(_, v)| v.is_some()).map(|(n, _)| *n);
-        if let (Some(first), Some(second)) = (named.next(), named.next()) {
-            return Err(ConfigError::new(
-                first,
-                format!("give one Redis topology: {first} or {second}, not both"),
-            ));
-        }
-        let [(_, url), (_, sentinels), (_, nodes)] = given;
-        if let Some(url) = url {
-            return Ok(Some(RedisTopology::Url(credentials.apply(&url))));
-        }
-        if let Some(sentinels) = sentinels {
-            let master = self.redis_sentinel_master.trim();
-            if master.is_empty() {
-                return Err(ConfigError::new(
-                    "--redis-sentinel-master (REDIS_SENTINEL_MASTER)",
-                    "must not be empty",
-                ));
-            }
-            let sentinel_credentials = legacy::Credentials {
-                username: None,
-                password: set(&self.redis_sentinel_password),
-            };
-            let sentinels = legacy::nodes(SENTINELS, &sentinels)?
-                .iter()
-                .map(|node| sentinel_credentials.node_url(node, self.redis_tls))
-                .collect();
-            return Ok(Some(RedisTopology::Sentinel {
-                sentinels,
-                master: master.to_owned(),
-                username: credentials.username.clone(),
-                password: credentials.password.clone(),
-                tls: self.redis_tls,
-            }));
-        }
-        if let Some(nodes) = nodes {
-            let nodes = legacy::nodes(NODES, &nodes)?
-                .iter()
-                .map(|node| credentials.node_url(node, self.redis_tls))
-                .collect();
-            return Ok(Some(RedisTopology::Cluster(nodes)));
-        }
-        match env.redis_endpoint()? {
-            Some(first) => {
-                report.used.push("ETCD_ENDPOINTS");
-                Ok(Some(RedisTopology::Url(credentials.url_for(&first))))
-            }
-            None => Ok(None),
-        }
-    }
 }
 
 /// The gRPC port when nothing names one.
@@ -677,65 +437,6 @@ pub const DEFAULT_PORT: u16 = 50051;
 pub const DEFAULT_HEARTBEAT_TIMEOUT: u32 = 60;
 /// The Redis key prefix when nothing names one.
 pub const DEFAULT_REDIS_PREFIX: &str = "registry";
-
-/// Redacts the password of a Redis URL (`redis://user:secret@host` →
-/// `redis://user:***@host`) so the effective configuration can be logged.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "***".to_owned();
-    };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_owned(),
-    }
-}
-
-impl fmt::Debug for StoreSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Memory => f.write_str("memory"),
-            Self::Redis {
-                topology,
-                prefix,
-                wait_replicas,
-            } => write!(
-                f,
-                "redis({topology:?}, prefix={prefix}, wait_replicas={wait_replicas})"
-            ),
-        }
-    }
-}
-
-impl fmt::Debug for RedisTopology {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let list = |urls: &[String]| {
-            urls.iter()
-                .map(|u| redact_url(u))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        match self {
-            Self::Url(url) => write!(f, "url={}", redact_url(url)),
-            Self::Sentinel {
-                sentinels,
-                master,
-                username,
-                password,
-                tls,
-            } => write!(
-                f,
-                "sentinels={}, master={master}, username={}, password={}, tls={tls}",
-                list(sentinels),
-                username.as_deref().unwrap_or(""),
-                if password.is_some() { "***" } else { "" },
-            ),
-            Self::Cluster(nodes) => write!(f, "cluster_nodes={}", list(nodes)),
-        }
-    }
-}
 
 /// `--health-check-deny`: comma-separated CIDRs (a bare address is a /32 or
 /// /128); empty denies nothing.

@@ -4,25 +4,27 @@
 //!
 //! Depends on: pb, domain.
 
+mod agent;
+
 use std::{collections::HashMap, sync::Arc};
 
 use tonic::metadata::MetadataMap;
 
+pub use self::agent::{agent_from_wire, marker_event, snapshot_event};
 use crate::{
     api,
     config::TtlPolicy,
     domain::{
-        Agent, AgentId, AgentType, Change, ChangeKind, Error, Notification, Result, Status,
-        Telemetry, Token,
+        Agent, AgentType, Error, Result, Telemetry, Token,
         agent::Registration,
         check::{self, CheckKind, CheckRequest, HealthCheck},
         query::{
             AgentFilter, DiscoverQuery, Strategy, WatchSelection, decode_page_token,
             encode_page_token,
         },
-        to_secs, validate,
+        validate,
     },
-    pb::{self, agent_change_event::EventType},
+    pb,
     store::{Heartbeaten, NotifyCommand, Registered},
 };
 
@@ -368,151 +370,6 @@ pub fn watch_request(req: pb::WatchAgentsRequest) -> Result<api::WatchRequest> {
         start_revision: (req.start_revision > 0).then_some(req.start_revision),
         progress: req.progress_notify,
     })
-}
-
-impl From<&Registration> for pb::AgentInfo {
-    /// The registration's fields only (what the Redis store keeps as the
-    /// agent's `reg` blob).
-    fn from(reg: &Registration) -> Self {
-        Self {
-            agent_type: reg.agent_type as i32,
-            capabilities: reg.capabilities.clone(),
-            metadata: to_map(&reg.metadata),
-            namespace: reg.namespace.clone(),
-            cluster: reg.cluster.clone(),
-            version: reg.version.clone(),
-            endpoint: reg.endpoint.clone(),
-            health_check: reg.health_check.as_ref().map(Into::into),
-            ..Self::default()
-        }
-    }
-}
-
-impl From<&Agent> for pb::AgentInfo {
-    /// The wire form of an agent. Never carries anything secret: the domain
-    /// agent holds no token.
-    fn from(agent: &Agent) -> Self {
-        Self {
-            agent_id: agent.id.to_string(),
-            agent_type: agent.agent_type as i32,
-            capabilities: agent.capabilities.clone(),
-            metadata: to_map(&agent.metadata),
-            telemetry: Some((&agent.telemetry).into()),
-            status: agent.status as i32,
-            registered_at: agent.registered_at,
-            last_seen: agent.last_seen(),
-            namespace: agent.namespace.clone(),
-            cluster: agent.cluster.clone(),
-            version: agent.version.clone(),
-            schema_version: 1,
-            endpoint: agent.endpoint.clone(),
-            expires_at: agent.expires_at(),
-            revision: agent.revision,
-            health_check: agent.health_check.as_ref().map(Into::into),
-            health_output: agent.probe.output.clone(),
-        }
-    }
-}
-
-/// The domain form of a wire agent with id `id`, as far as the wire carries
-/// it: `last_seen` in whole seconds, no TTL, not overdue; a status of 0
-/// reads as HEALTHY. `None` for an unknown agent type.
-pub fn agent_from_wire(id: AgentId, info: pb::AgentInfo) -> Option<Agent> {
-    Some(Agent {
-        id,
-        agent_type: AgentType::from_wire(info.agent_type)?,
-        capabilities: info.capabilities,
-        metadata: info.metadata.into_iter().collect(),
-        telemetry: info.telemetry.unwrap_or_default().into(),
-        status: Status::from_wire(info.status).unwrap_or(Status::Healthy),
-        overdue: false,
-        registered_at: info.registered_at,
-        last_seen_ms: info.last_seen.saturating_mul(1000),
-        ttl_secs: 0,
-        namespace: info.namespace,
-        cluster: info.cluster,
-        version: info.version,
-        endpoint: info.endpoint,
-        revision: info.revision,
-        health_check: info.health_check.and_then(health_check_from_wire),
-        probe: crate::domain::check::ProbeState {
-            output: info.health_output,
-            ..Default::default()
-        },
-    })
-}
-
-fn to_map(m: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
-    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-}
-
-/// The wire name of a change kind (keep-alives, never sent, read as
-/// UPDATED).
-impl From<ChangeKind> for EventType {
-    fn from(kind: ChangeKind) -> Self {
-        match kind {
-            ChangeKind::Registered => Self::Registered,
-            ChangeKind::Updated | ChangeKind::Touched => Self::Updated,
-            ChangeKind::StatusChanged { .. } => Self::StatusChanged,
-            ChangeKind::Deregistered => Self::Deregistered,
-            ChangeKind::Expired => Self::Expired,
-        }
-    }
-}
-
-impl From<&Change> for pb::AgentChangeEvent {
-    /// The wire form of a live change.
-    fn from(change: &Change) -> Self {
-        let previous_status = match change.kind {
-            ChangeKind::StatusChanged { previous } => previous as i32,
-            _ => 0,
-        };
-        let mut agent = pb::AgentInfo::from(&*change.agent);
-        agent.revision = change.revision;
-        Self {
-            event_type: EventType::from(change.kind) as i32,
-            agent: Some(agent),
-            timestamp: to_secs(change.at),
-            revision: change.revision,
-            previous_status,
-        }
-    }
-}
-
-/// A SNAPSHOT event for an agent of the initial snapshot.
-pub fn snapshot_event(agent: &Agent, now_ms: i64) -> pb::AgentChangeEvent {
-    pb::AgentChangeEvent {
-        event_type: EventType::Snapshot as i32,
-        agent: Some(agent.into()),
-        timestamp: to_secs(now_ms),
-        revision: agent.revision,
-        previous_status: 0,
-    }
-}
-
-/// A marker event without an agent: SYNCED closing the initial snapshot,
-/// or a BOOKMARK of progress, at `revision`.
-pub fn marker_event(kind: EventType, revision: u64, now_ms: i64) -> pb::AgentChangeEvent {
-    pb::AgentChangeEvent {
-        event_type: kind as i32,
-        agent: None,
-        timestamp: to_secs(now_ms),
-        revision,
-        previous_status: 0,
-    }
-}
-
-impl From<&Notification> for pb::AgentNotification {
-    fn from(n: &Notification) -> Self {
-        Self {
-            notification_id: n.id.to_string(),
-            agent_id: n.agent_id.to_string(),
-            notification_type: n.kind.clone(),
-            message: n.message.clone(),
-            metadata: to_map(&n.metadata),
-            timestamp: to_secs(n.at),
-        }
-    }
 }
 
 /// `ok`, or the gRPC code's name as in `INVALID_ARGUMENT`: the `result`

@@ -32,6 +32,7 @@
 //! ```
 
 mod cache;
+mod connect;
 mod session;
 
 use std::{collections::HashMap, time::Duration};
@@ -39,16 +40,14 @@ use std::{collections::HashMap, time::Duration};
 use tonic::{
     Code, Request, Streaming,
     metadata::{Ascii, MetadataValue},
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+    transport::Channel,
 };
 
 pub use cache::DiscoveryCache;
+pub use connect::ClientSecurity;
 pub use session::{AgentSession, SessionState, TelemetryHandle};
 
-use crate::{
-    domain::error_chain,
-    pb::{self, service_registry_client::ServiceRegistryClient},
-};
+use crate::pb::{self, service_registry_client::ServiceRegistryClient};
 
 /// Why a call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -113,22 +112,6 @@ impl From<tonic::Status> for ClientError {
     }
 }
 
-/// `Bearer <jwt>` as a sensitive header value.
-fn bearer_value(endpoint: &str, jwt: Option<&str>) -> Result<Option<MetadataValue<Ascii>>> {
-    let Some(jwt) = jwt.filter(|j| !j.is_empty()) else {
-        return Ok(None);
-    };
-    let mut value: MetadataValue<Ascii> =
-        format!("Bearer {jwt}")
-            .parse()
-            .map_err(|_| ClientError::Endpoint {
-                endpoint: endpoint.to_owned(),
-                reason: "the JWT-SVID is not printable ASCII".to_owned(),
-            })?;
-    value.set_sensitive(true);
-    Ok(Some(value))
-}
-
 /// Result of SDK calls.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
@@ -163,142 +146,9 @@ pub struct RegistryClient {
     bearer: Option<MetadataValue<Ascii>>,
 }
 
-/// How the SDK reaches a registry with TLS and identities (BEHAVIOUR.md §9).
-/// The endpoint must be `https://` for TLS.
-#[derive(Clone, Default)]
-pub struct ClientSecurity {
-    /// PEM bundle the registry's certificate must chain to.
-    pub ca_pem: Option<String>,
-    /// PEM client certificate and key, for a registry that asks for them
-    /// (mTLS).
-    pub identity: Option<(String, String)>,
-    /// Name the registry's certificate must carry, when not the endpoint's
-    /// host.
-    pub server_name: Option<String>,
-    /// A JWT-SVID, sent as `authorization: Bearer` on every call.
-    pub bearer: Option<String>,
-}
-
-impl std::fmt::Debug for ClientSecurity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientSecurity")
-            .field("ca_pem", &self.ca_pem.is_some())
-            .field("identity", &self.identity.is_some())
-            .field("server_name", &self.server_name)
-            .field("bearer", &self.bearer.as_ref().map(|_| "***"))
-            .finish()
-    }
-}
-
 impl RegistryClient {
     /// Per-call timeout unless [`RegistryClient::with_timeout`] says otherwise.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-
-    /// Connects to `endpoint` (e.g. `http://127.0.0.1:50051`) now.
-    ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), agent_registry::client::ClientError> {
-    /// use std::time::Duration;
-    /// use agent_registry::{client::RegistryClient, pb};
-    ///
-    /// let client = RegistryClient::connect("http://127.0.0.1:50051")
-    ///     .await?
-    ///     .with_timeout(Duration::from_secs(2));
-    /// let gpus = client
-    ///     .discover(pb::DiscoverRequest { capabilities: vec!["gpu".into()], ..Default::default() })
-    ///     .await?;
-    /// for agent in gpus {
-    ///     println!("{} at {}", agent.agent_id, agent.endpoint);
-    /// }
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Errors
-    /// [`ClientError::Endpoint`] for a malformed endpoint, `UNAVAILABLE`
-    /// when nothing answers there.
-    pub async fn connect(endpoint: impl Into<String>) -> Result<Self> {
-        Self::connect_with(endpoint, &ClientSecurity::default()).await
-    }
-
-    /// Connects with TLS (an `https://` endpoint), a client certificate
-    /// and/or a JWT-SVID, as `security` says.
-    ///
-    /// # Errors
-    /// [`ClientError::Endpoint`] for a malformed endpoint or unusable TLS
-    /// material, `UNAVAILABLE` when nothing answers there (or the TLS
-    /// handshake fails).
-    pub async fn connect_with(
-        endpoint: impl Into<String>,
-        security: &ClientSecurity,
-    ) -> Result<Self> {
-        let endpoint = endpoint.into();
-        let bearer = bearer_value(&endpoint, security.bearer.as_deref())?;
-        let channel = Self::secured(Self::endpoint(endpoint.clone())?, &endpoint, security)?
-            .connect()
-            .await
-            .map_err(|e| ClientError::Status {
-                code: Code::Unavailable,
-                message: format!("cannot connect: {}", error_chain(&e)),
-            })?;
-        Ok(Self {
-            bearer,
-            ..Self::from_channel(channel)
-        })
-    }
-
-    fn secured(endpoint: Endpoint, name: &str, security: &ClientSecurity) -> Result<Endpoint> {
-        if security.ca_pem.is_none()
-            && security.identity.is_none()
-            && security.server_name.is_none()
-        {
-            return Ok(endpoint);
-        }
-        // rustls needs a process-wide crypto provider and several are
-        // linked in: name ring unless the application chose one already
-        // (then this is a no-op).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut tls = ClientTlsConfig::new();
-        if let Some(ca) = &security.ca_pem {
-            tls = tls.ca_certificate(Certificate::from_pem(ca));
-        }
-        if let Some((cert, key)) = &security.identity {
-            tls = tls.identity(Identity::from_pem(cert, key));
-        }
-        if let Some(server_name) = &security.server_name {
-            tls = tls.domain_name(server_name.clone());
-        }
-        endpoint.tls_config(tls).map_err(|e| ClientError::Endpoint {
-            endpoint: name.to_owned(),
-            reason: error_chain(&e),
-        })
-    }
-
-    /// A client that connects on first use (and whenever the connection
-    /// was lost): for long-running agents that must start even while the
-    /// registry is down.
-    ///
-    /// # Errors
-    /// [`ClientError::Endpoint`] for a malformed endpoint.
-    pub fn connect_lazy(endpoint: impl Into<String>) -> Result<Self> {
-        Ok(Self::from_channel(
-            Self::endpoint(endpoint.into())?.connect_lazy(),
-        ))
-    }
-
-    fn endpoint(endpoint: String) -> Result<Endpoint> {
-        Endpoint::from_shared(endpoint.clone())
-            .map(|e| {
-                e.connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(30))
-                    .keep_alive_while_idle(true)
-            })
-            .map_err(|e| ClientError::Endpoint {
-                endpoint,
-                reason: e.to_string(),
-            })
-    }
 
     /// A client over an existing channel.
     pub fn from_channel(channel: Channel) -> Self {
@@ -538,17 +388,4 @@ impl RegistryClient {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn errors_keep_their_code() {
-        let e = ClientError::from(tonic::Status::not_found("gone"));
-        assert_eq!(e.code(), Code::NotFound);
-        assert!(!e.is_transient());
-        assert!(ClientError::Timeout(Duration::from_secs(1)).is_transient());
-        assert_eq!(e.to_string(), "NOT_FOUND: gone");
-        let expired = ClientError::from(tonic::Status::cancelled("Timeout expired"));
-        assert_eq!(expired.code(), Code::DeadlineExceeded);
-    }
-}
+mod tests;
