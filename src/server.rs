@@ -1,7 +1,8 @@
 //! The composition root: builds the store named by the settings, this
 //! replica's view, mailboxes, feed pump, reaper, health reporting, the
-//! metrics HTTP server, the HTTP/JSON API, and serves gRPC (registry, health, reflection) until
-//! told to stop. The only file that names a concrete store.
+//! metrics HTTP server, the HTTP/JSON API ([`http::spawn`]), and serves
+//! gRPC (registry, health, reflection) until told to stop. The only file
+//! that names a concrete store.
 //!
 //! Shutdown, in order: health and `/readyz` turn not serving, the gRPC
 //! server stops accepting calls and ends every stream with UNAVAILABLE,
@@ -10,8 +11,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::serve::ListenerExt;
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -20,10 +20,10 @@ use crate::{
     auth::{
         Security,
         layer::GuardLayer,
-        listener::{self, Accept},
+        listener::{self, Accept, Protocol},
         reload::{self, Source},
     },
-    config::{RedisTopology, Settings, StoreSettings, legacy},
+    config::{RedisTopology, Settings, StoreSettings},
     domain::{
         check::DenyList,
         clock::{Clock, SystemClock},
@@ -127,8 +127,8 @@ struct Common {
     settings: Settings,
     grpc: TcpListener,
     admin: TcpListener,
-    /// The HTTP/JSON API's listener, when it is on.
-    http: Option<TcpListener>,
+    /// The HTTP/JSON API's listener and its address, when it is on.
+    http: Option<(TcpListener, SocketAddr)>,
     shutdown: CancellationToken,
     /// Stops the background tasks once the server has drained.
     background: CancellationToken,
@@ -152,34 +152,17 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let (grpc, grpc_addr) = bind(settings.grpc_addr).await?;
     let (admin, metrics_addr) = bind(settings.metrics_addr).await?;
-    // The HTTP API applies identity, policy and limits like the gRPC port,
-    // but does not speak TLS yet: it must not become a plaintext door next
-    // to a TLS-only gRPC port.
-    let secured = settings.security.files.tls.is_some();
-    let http_addr = match settings.http_addr {
-        Some(_) if secured => None,
-        other => other,
+    let http = match settings.http_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
     };
-    let http_refused = secured && settings.http_addr.is_some();
-    let (http, http_addr) = match http_addr {
-        Some(addr) => {
-            let (listener, bound) = bind(addr).await?;
-            (Some(listener), Some(bound))
-        }
-        None => (None, None),
-    };
+    let http_addr = http.as_ref().map(|(_, bound)| *bound);
     let metrics = Arc::new(Metrics::new().expect("metric names are distinct constants"));
     let (security, reload) =
         Security::load(&settings.security, metrics.clone()).map_err(|e| StartError::Config {
             setting: e.setting,
             reason: e.reason,
         })?;
-    if http_refused {
-        tracing::warn!(
-            "HTTP API off: it does not serve TLS yet (BEHAVIOUR.md §9, §12); \
-             with --tls-cert, use gRPC"
-        );
-    }
     let shutdown = CancellationToken::new();
     let background = CancellationToken::new();
     let view = View::new();
@@ -229,7 +212,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     if !view.wait_synced(INITIAL_SYNC_WAIT).await {
         tracing::warn!("store not reachable yet; not serving until it is");
     }
-    log_legacy_environment(&settings.legacy);
+    settings.legacy.log();
     tracing::info!(
         grpc = %grpc_addr,
         metrics = %metrics_addr,
@@ -244,26 +227,6 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         shutdown,
         task,
     })
-}
-
-/// Says, once at start, which of the original service's variables were
-/// understood, and loudly when tokens are not required because of them.
-fn log_legacy_environment(report: &legacy::Report) {
-    if !report.present.is_empty() {
-        tracing::warn!(
-            variables = ?report.present,
-            used = ?report.used,
-            "environment of the original Python service understood; the registry's own \
-             variables win where both are set"
-        );
-    }
-    if report.tokens_relaxed {
-        tracing::warn!(
-            "registration tokens are NOT required: the environment is the original service's \
-             and REQUIRE_REGISTRATION_TOKEN is not set; set REQUIRE_REGISTRATION_TOKEN=true \
-             once every caller sends the token Register returns"
-        );
-    }
 }
 
 /// The store's view of a Redis topology, and the setting that named it.
@@ -340,16 +303,18 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
         metrics.reload_errors.clone(),
         background.clone(),
     )));
-    let (incoming, accept_loop) = listener::incoming(
-        grpc,
-        Accept {
-            tls: security.tls.clone(),
-            max_connections: limits.max_connections,
-            handshake_timeout: limits.handshake_timeout,
-            limited: metrics.limited.clone(),
-        },
-        shutdown.clone(),
-    );
+    // Both ports accept alike: the same TLS, handshake timeout and
+    // connection budget.
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let accept = |protocol| Accept {
+        tls: security.tls.clone(),
+        slots: slots.clone(),
+        handshake_timeout: limits.handshake_timeout,
+        limited: metrics.limited.clone(),
+        protocol,
+    };
+    let (incoming, accept_loop) =
+        listener::incoming(grpc, accept(Protocol::Grpc), shutdown.clone());
     tasks.push(accept_loop);
     tasks.push(tokio::spawn(admin::serve(
         admin,
@@ -387,19 +352,15 @@ async fn serve<S: Store>(store: Arc<S>, common: Common, others: Vec<JoinHandle<(
         policy,
         shutdown: shutdown.clone(),
     });
-    if let Some(listener) = http {
-        let router = http::router(registry.clone(), metrics.clone(), security.clone());
-        // Small answers and SSE events must not wait for delayed ACKs.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-        });
-        tasks.push(tokio::spawn(http::serve(
-            listener,
-            router,
+    if let Some(bound) = http {
+        tasks.extend(http::spawn(
+            bound,
+            accept(Protocol::Http),
+            registry.clone(),
+            metrics.clone(),
+            security.clone(),
             shutdown.clone(),
-        )));
+        ));
     }
     let service =
         RegistryService::new(registry, &metrics).with_max_response_bytes(limits.max_response_bytes);

@@ -2,7 +2,8 @@
 //! Identity, TLS, authorization and limits (BEHAVIOUR.md §9), against
 //! in-process servers with certificates, keys and JWT-SVIDs the tests make.
 //!
-//! One module per topic: [`tls`] (TLS, mTLS identities), [`jwt`]
+//! One module per topic: [`tls`] (TLS, mTLS identities), [`http_port`]
+//! (the same on the HTTP/JSON port, and its per-peer rate), [`jwt`]
 //! (JWT-SVIDs), [`policy`], [`ownership`] (agents owned by identities, on
 //! both stores), [`limits`] (the per-call limits and backlogs),
 //! [`connections`] (connection bounds and the attacks on them), [`clients`]
@@ -22,6 +23,8 @@ mod ops_support;
 mod clients;
 #[path = "auth/connections.rs"]
 mod connections;
+#[path = "auth/http_port.rs"]
+mod http_port;
 #[path = "auth/jwt.rs"]
 mod jwt;
 #[path = "auth/limits.rs"]

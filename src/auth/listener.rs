@@ -1,10 +1,12 @@
-//! The gRPC port's accept loop (BEHAVIOUR.md §9): bounds the open
-//! connections (`--max-connections`: beyond, a new connection is closed at
-//! once), gives each new one [`crate::config::Limits::handshake_timeout`] to
-//! complete its TLS handshake (when TLS is on, with the configuration
-//! current at that moment) and to send the HTTP/2 connection preface, and
-//! hands tonic only connections that did. A connection that never sends a
-//! preface therefore holds a slot for the handshake timeout at most.
+//! The accept loop of the gRPC port and of the HTTP/JSON port (BEHAVIOUR.md
+//! §9, §12): bounds the open connections (`--max-connections`, one budget
+//! for both ports: beyond, a new connection is closed at once), gives each
+//! new one [`crate::config::Limits::handshake_timeout`] to complete its TLS
+//! handshake (when TLS is on, with the configuration current at that
+//! moment) and to send its first bytes (the HTTP/2 connection preface on
+//! the gRPC port, the start of a request on the HTTP port), and hands the
+//! server only connections that did. A connection that sends nothing
+//! therefore holds a slot for the handshake timeout at most.
 //!
 //! Each connection carries its [`PeerInfo`] (peer address, and the identity
 //! of a verified client certificate) into every request's extensions.
@@ -36,7 +38,8 @@ use crate::{
     domain::Identity,
 };
 
-/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+/// The HTTP/2 client connection preface (RFC 9113 §3.4): the most any
+/// port waits for before handing a connection over.
 const PREFACE_LEN: usize = 24;
 
 /// Connections handed over but not yet taken by the server.
@@ -72,10 +75,44 @@ pub enum PeerCertificate {
 trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
 
+/// What a port speaks, hence what its handshake waits for.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// gRPC: HTTP/2 only (ALPN `h2`), the whole connection preface.
+    Grpc,
+    /// The HTTP/JSON API: HTTP/1.1 or HTTP/2 (ALPN `h2`, `http/1.1`), the
+    /// first byte of a request.
+    Http,
+}
+
+impl Protocol {
+    /// Bytes a connection must send within the handshake timeout.
+    fn preface_len(self) -> usize {
+        match self {
+            Self::Grpc => PREFACE_LEN,
+            Self::Http => 1,
+        }
+    }
+
+    /// The TLS configuration of this port, from the served one (gRPC's).
+    fn tls_config(self, served: Arc<rustls::ServerConfig>) -> Arc<rustls::ServerConfig> {
+        match self {
+            Self::Grpc => served,
+            Self::Http => {
+                let mut config = (*served).clone();
+                config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                Arc::new(config)
+            }
+        }
+    }
+}
+
 /// One accepted connection, past its handshakes.
 pub struct Conn {
-    /// The preface already read, replayed before the rest of the stream.
+    /// The first bytes already read, replayed before the rest of the stream.
     preface: [u8; PREFACE_LEN],
+    /// How many bytes of `preface` were read.
+    read: usize,
     /// How much of `preface` has been replayed.
     replayed: usize,
     io: Box<dyn ByteStream>,
@@ -89,10 +126,12 @@ pub struct Conn {
 pub struct Accept {
     /// TLS configuration, swapped on reload; `None` = plaintext.
     pub tls: Option<Arc<Reloadable<rustls::ServerConfig>>>,
-    /// Open connections at most.
-    pub max_connections: usize,
-    /// Time allowed for the TLS handshake and the HTTP/2 preface.
+    /// The `--max-connections` slots, shared by every port.
+    pub slots: Arc<Semaphore>,
+    /// Time allowed for the TLS handshake and the first bytes.
     pub handshake_timeout: Duration,
+    /// What the port speaks.
+    pub protocol: Protocol,
     /// Counts refused connections (`limit="max_connections"` and
     /// `limit="handshake"`).
     pub limited: IntCounterVec,
@@ -118,7 +157,9 @@ async fn accept_loop(
     tx: mpsc::Sender<io::Result<Conn>>,
     stop: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(accept.max_connections));
+    // The port's TLS configuration, derived again when a reload swaps the
+    // served one: (served, derived).
+    let mut tls_cache: Option<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>)> = None;
     // Handshakes in progress; finished ones are reaped as we go, the rest
     // are aborted when the loop ends.
     let mut handshakes = JoinSet::new();
@@ -137,7 +178,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Ok(slot) = accept.slots.clone().try_acquire_owned() else {
             accept.limited.with_label_values(&["max_connections"]).inc();
             tracing::debug!(%remote, "connection refused: --max-connections reached");
             drop(stream);
@@ -152,12 +193,24 @@ async fn accept_loop(
         if let Err(error) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
             tracing::debug!(%error, "cannot set TCP keepalive");
         }
-        let tls = accept.tls.as_ref().map(|tls| tls.get());
+        let tls = accept.tls.as_ref().map(|tls| {
+            let served = tls.get();
+            match &tls_cache {
+                Some((seen, derived)) if Arc::ptr_eq(seen, &served) => derived.clone(),
+                _ => {
+                    let derived = accept.protocol.tls_config(served.clone());
+                    tls_cache = Some((served, derived.clone()));
+                    derived
+                }
+            }
+        });
+        let preface_len = accept.protocol.preface_len();
         let timeout = accept.handshake_timeout;
         let limited = accept.limited.clone();
         let tx = tx.clone();
         handshakes.spawn(async move {
-            match tokio::time::timeout(timeout, handshake(stream, remote, tls, slot)).await {
+            let handshake = handshake(stream, remote, tls, preface_len, slot);
+            match tokio::time::timeout(timeout, handshake).await {
                 Ok(Ok(conn)) => {
                     // The server stopped taking connections: nothing to do.
                     let _ = tx.send(Ok(conn)).await;
@@ -172,11 +225,12 @@ async fn accept_loop(
     }
 }
 
-/// TLS (when configured), then the HTTP/2 preface.
+/// TLS (when configured), then the first `preface_len` bytes.
 async fn handshake(
     stream: TcpStream,
     remote: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
+    preface_len: usize,
     slot: OwnedSemaphorePermit,
 ) -> io::Result<Conn> {
     let (mut io, certificate): (Box<dyn ByteStream>, _) = match tls {
@@ -196,9 +250,11 @@ async fn handshake(
         }
     };
     let mut preface = [0u8; PREFACE_LEN];
-    io.read_exact(&mut preface).await?;
+    let read = preface_len.min(PREFACE_LEN);
+    io.read_exact(&mut preface[..read]).await?;
     Ok(Conn {
         preface,
+        read,
         replayed: 0,
         io,
         info: PeerInfo {
@@ -224,8 +280,8 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.replayed < PREFACE_LEN {
-            let rest = &this.preface[this.replayed..];
+        if this.replayed < this.read {
+            let rest = &this.preface[this.replayed..this.read];
             let n = rest.len().min(buf.remaining());
             buf.put_slice(&rest[..n]);
             this.replayed += n;

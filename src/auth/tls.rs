@@ -1,4 +1,4 @@
-//! TLS on the gRPC port (BEHAVIOUR.md §9): a rustls server configuration
+//! TLS on the gRPC and HTTP ports (BEHAVIOUR.md §9, §12): a rustls server configuration
 //! built from PEM files, asking for client certificates that chain to a CA
 //! bundle when one is configured (mTLS), and the identity a verified client
 //! certificate gives: its `spiffe://` URI SAN, else its subject CN.
@@ -40,7 +40,9 @@ pub enum TlsError {
     ClientCa(String),
 }
 
-/// Builds the server configuration (HTTP/2 only, TLS 1.2 and 1.3).
+/// Builds the server configuration (TLS 1.2 and 1.3; ALPN `h2`, the gRPC
+/// port's: the HTTP port offers `http/1.1` too, see
+/// [`super::listener::Protocol`]).
 ///
 /// # Errors
 /// [`TlsError`] naming the file that does not parse, or the key that does

@@ -53,6 +53,26 @@ impl Report {
         }
         value
     }
+
+    /// Says, once at start, which of the original service's variables were
+    /// understood, and loudly when tokens are not required because of them.
+    pub fn log(&self) {
+        if !self.present.is_empty() {
+            tracing::warn!(
+                variables = ?self.present,
+                used = ?self.used,
+                "environment of the original Python service understood; the registry's own \
+                 variables win where both are set"
+            );
+        }
+        if self.tokens_relaxed {
+            tracing::warn!(
+                "registration tokens are NOT required: the environment is the original service's \
+                 and REQUIRE_REGISTRATION_TOKEN is not set; set REQUIRE_REGISTRATION_TOKEN=true \
+                 once every caller sends the token Register returns"
+            );
+        }
+    }
 }
 
 /// Username and password for Redis nodes named without a URL that carries

@@ -8,26 +8,30 @@
 //!
 //! Per-call metrics and spans come from one middleware keyed by the route's
 //! [`Rpc`], as the gRPC layer does, so HTTP calls count like RPCs.
+//! Connections come from the gRPC port's accept loop ([`listener`]): the
+//! same TLS, client certificates and connection limits.
 //!
-//! Depends on: api, convert, service (the watch stream and status mapping),
-//! metrics, pb, axum.
+//! Depends on: api, auth, convert, service (the watch stream and status
+//! mapping), metrics, pb, axum.
 
 mod console;
 pub mod decode;
 pub mod error;
+mod listener;
 mod routes;
+
+pub use listener::spawn;
 
 use std::{sync::Arc, time::Instant};
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, Request, State},
+    extract::{ConnectInfo, DefaultBodyLimit, Request, State},
     http::StatusCode,
     middleware::{self, Next},
     response::Response,
     routing::{MethodRouter, delete, get, post},
 };
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, field::Empty};
 
 use crate::{
@@ -35,6 +39,7 @@ use crate::{
     auth::{
         Security,
         layer::{GuardedBody, admit},
+        listener::PeerInfo,
     },
     domain::rpc::Rpc,
     metrics::Metrics,
@@ -113,21 +118,6 @@ pub fn router<S: Store>(
         .with_state(state)
 }
 
-/// Serves `router` on an already bound listener until `shutdown`, then
-/// lets calls in flight finish for at most [`crate::server::DRAIN_GRACE`] (watch streams
-/// end at once: they follow the shutdown token). Generic over the
-/// listener, so a TLS acceptor can wrap the TCP one.
-pub async fn serve<L>(listener: L, router: Router, shutdown: CancellationToken)
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    let server = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
-    crate::server::drain("HTTP API", server, &shutdown).await;
-}
-
 /// What the per-call middleware needs.
 #[derive(Clone)]
 struct Observer {
@@ -150,6 +140,11 @@ async fn observe(State(observer): State<Observer>, mut request: Request, next: N
         duration_ms = Empty
     );
     let started = Instant::now();
+    // The connection's peer (address, client certificate) where `admit`
+    // looks for it, as tonic puts it for an RPC.
+    if let Some(ConnectInfo(peer)) = request.extensions_mut().remove::<ConnectInfo<PeerInfo>>() {
+        request.extensions_mut().insert(peer);
+    }
     // Identity, policy, rate and stream slots, exactly as for the RPC; the
     // caller travels to the route in the request's extensions.
     let admitted = {

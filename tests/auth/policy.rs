@@ -134,16 +134,3 @@ async fn the_http_api_applies_the_policy_too() {
         .unwrap();
     assert_eq!(garbage.status(), 401, "a bad credential is never anonymous");
 }
-
-/// With TLS on the gRPC port, the HTTP API (plaintext only, for now) is off.
-#[tokio::test]
-async fn the_http_api_is_off_next_to_a_tls_port() {
-    let ca = crate::pki::Ca::new("test ca");
-    let leaf = ca.server(1);
-    let files = Files::new();
-    files.write("cert.pem", &leaf.cert);
-    files.write("key.pem", &leaf.key);
-    let (cert, key) = (files.path("cert.pem"), files.path("key.pem"));
-    let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]).await;
-    assert!(server.http.is_none());
-}

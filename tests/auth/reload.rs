@@ -1,6 +1,6 @@
-//! Certificates and policies changed on disk apply within 10 s, with no
-//! restart and no dropped connection; a broken new file is ignored and
-//! counted.
+//! Certificates (on the gRPC and HTTP ports) and policies changed on disk
+//! apply within 10 s, with no restart and no dropped connection; a broken
+//! new file is ignored and counted.
 
 use std::time::Duration;
 
@@ -23,7 +23,9 @@ async fn a_new_certificate_is_served_within_10_s_and_open_connections_keep_worki
     files.write("tls.key", &first.key);
     let (cert, key) = (files.path("tls.crt"), files.path("tls.key"));
     let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]).await;
+    let http = server.http.unwrap();
     assert_eq!(served_serial(server.addr, &ca.pem).await, Some(vec![1]));
+    assert_eq!(served_serial(http, &ca.pem).await, Some(vec![1]));
     let mut open = server.tls_client(&ca, None).await.unwrap();
     assert_eq!(
         list(&mut open, tonic::Request::new(Default::default())).await,
@@ -39,6 +41,11 @@ async fn a_new_certificate_is_served_within_10_s_and_open_connections_keep_worki
     })
     .await;
     eprintln!("certificate reloaded after {:?}", started.elapsed());
+    // The HTTP port serves the same, new one.
+    wait_until(WITHIN, "the HTTP port serves it too", || async {
+        served_serial(http, &ca.pem).await == Some(vec![2])
+    })
+    .await;
     assert_eq!(
         list(&mut open, tonic::Request::new(Default::default())).await,
         Code::Ok
@@ -54,6 +61,7 @@ async fn a_new_certificate_is_served_within_10_s_and_open_connections_keep_worki
     })
     .await;
     assert_eq!(served_serial(server.addr, &ca.pem).await, Some(vec![2]));
+    assert_eq!(served_serial(http, &ca.pem).await, Some(vec![2]));
     assert_eq!(
         list(&mut open, tonic::Request::new(Default::default())).await,
         Code::Ok

@@ -51,7 +51,7 @@ impl Files {
 pub struct Server {
     pub addr: SocketAddr,
     pub metrics: SocketAddr,
-    /// The HTTP/JSON API (off when TLS is configured).
+    /// The HTTP/JSON API (TLS like the gRPC port when configured).
     pub http: Option<SocketAddr>,
     running: Running,
 }
@@ -171,26 +171,55 @@ pub async fn list(
     }
 }
 
-/// The serial of the certificate a TLS server at `addr` serves now (a new
-/// connection, trusting `ca_pem`).
-pub async fn served_serial(addr: SocketAddr, ca_pem: &str) -> Option<Vec<u8>> {
-    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+/// A TLS client configuration trusting `ca_pem`, presenting `identity` if
+/// given, offering `alpn`.
+pub fn client_config(
+    ca_pem: &str,
+    identity: Option<&Leaf>,
+    alpn: &[&[u8]],
+) -> Option<rustls::ClientConfig> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     install_crypto();
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.ok()?).ok()?;
     }
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(leaf) => {
+            let chain = CertificateDer::pem_slice_iter(leaf.cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .ok()?;
+            let key = PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).ok()?;
+            builder.with_client_auth_cert(chain, key).ok()?
+        }
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Some(config)
+}
+
+/// A TLS connection to `addr` as `localhost`, with `config`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: rustls::ClientConfig,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let name = ServerName::try_from("localhost").ok()?;
-    let tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+    let tcp = tokio::net::TcpStream::connect(addr)
         .await
-        .ok()?
-        .ok()?;
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_owned())?
+        .map_err(|e| e.to_string())
+}
+
+/// The serial of the certificate a TLS server at `addr` serves now (a new
+/// connection, trusting `ca_pem`).
+pub async fn served_serial(addr: SocketAddr, ca_pem: &str) -> Option<Vec<u8>> {
+    let config = client_config(ca_pem, None, &[b"h2"])?;
+    let tls = tls_connect(addr, config).await.ok()?;
     let leaf = tls.get_ref().1.peer_certificates()?.first()?.clone();
     let (_, cert) = x509_parser::parse_x509_certificate(&leaf).ok()?;
     Some(cert.raw_serial().to_vec())

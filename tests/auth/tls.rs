@@ -7,11 +7,11 @@ use crate::{
     support::{Files, Server, list, register, run_binary, worker},
 };
 
-const WORKER_ID: &str = "spiffe://example.org/ns/exec/sa/worker";
+pub const WORKER_ID: &str = "spiffe://example.org/ns/exec/sa/worker";
 
 /// A server with TLS, and mTLS when `mtls`; the policy lets the SPIFFE
 /// worker register and the CN-only client list.
-async fn tls_server(ca: &Ca, files: &Files, mtls: bool) -> Server {
+pub async fn tls_server(ca: &Ca, files: &Files, mtls: bool) -> Server {
     let server = ca.server(1);
     files.write("tls.crt", &server.cert);
     files.write("tls.key", &server.key);
