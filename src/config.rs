@@ -133,7 +133,8 @@ pub struct Config {
     /// Log format: text or json. The level comes from RUST_LOG (default info).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// PEM certificate chain: the gRPC port serves TLS only (with --tls-key).
+    /// PEM certificate chain: the gRPC and HTTP ports serve TLS only (with
+    /// --tls-key).
     #[arg(long, env = "TLS_CERT_FILE")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.

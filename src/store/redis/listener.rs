@@ -11,11 +11,13 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    future::Future,
+    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::{broadcast, mpsc};
@@ -266,11 +268,19 @@ impl Listener {
         self.failed.store(false, Ordering::Release);
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A message is proof of life: only a connection silent for a whole
+        // period is pinged, and messages keep being read while its answer
+        // is awaited (under a flood, the answer queues behind every message
+        // Redis has yet to send; a ping that stopped the reading would time
+        // out and force a needless resync).
+        let mut heard = Instant::now();
+        let mut pong: Option<Pin<Box<dyn Future<Output = bool> + Send>>> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 message = connection.next() => match message {
                     Some(message) => {
+                        heard = Instant::now();
                         if !self.dispatch(&message) {
                             break;
                         }
@@ -281,11 +291,27 @@ impl Listener {
                     }
                 },
                 Some(agent_id) = release_rx.recv() => self.release(agent_id).await,
-                _ = ping.tick() => {
-                    let mut sink = sink.clone();
-                    let channel = self.keys.changes_channel();
-                    let pong = tokio::time::timeout(CONNECT_TIMEOUT, sink.ping(&channel)).await;
-                    if !matches!(pong, Ok(Ok(_))) {
+                _ = ping.tick(), if pong.is_none() => {
+                    if heard.elapsed() >= PING_EVERY {
+                        let mut sink = sink.clone();
+                        let channel = self.keys.changes_channel();
+                        pong = Some(Box::pin(async move {
+                            matches!(
+                                tokio::time::timeout(CONNECT_TIMEOUT, sink.ping(&channel)).await,
+                                Ok(Ok(_))
+                            )
+                        }));
+                    }
+                }
+                answered = async {
+                    match pong.as_mut() {
+                        Some(pong) => pong.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    pong = None;
+                    heard = Instant::now();
+                    if !answered {
                         tracing::debug!("Redis pub/sub connection stopped answering");
                         break;
                     }

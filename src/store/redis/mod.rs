@@ -13,6 +13,9 @@
 mod codec;
 pub mod keys;
 mod listener;
+mod probes;
+mod reads;
+mod reply;
 mod scripts;
 pub mod topology;
 
@@ -31,18 +34,20 @@ use tokio_util::sync::CancellationToken;
 use self::{
     keys::Keys,
     listener::Listener,
+    reply::{
+        agent_of, bytes, caller_arg, check, classify, flag, int, internal, items, token_arg,
+        unavailable,
+    },
     scripts::Call,
     scripts::Scripts,
     topology::{Durability, Topology},
 };
 use super::{
     BACKLOG_BYTES, BACKLOG_LEN, Feed, FeedMessage, HeartbeatCommand, Heartbeaten, Notified,
-    NotifyCommand, Ownership, PROBER_STALE_MS, ProbeCommand, Reaped, RegisterCommand, Registered,
-    Snapshot, Store,
+    NotifyCommand, Ownership, ProbeCommand, Reaped, RegisterCommand, Registered, Snapshot, Store,
 };
 use crate::domain::{
-    Agent, AgentId, ChangeKind, Error, History, Millis, Notification, Result, Revision, Telemetry,
-    clock::{Clock, SystemClock},
+    AgentId, ChangeKind, Error, History, Millis, Notification, Result, Revision, Telemetry,
     error_chain,
 };
 
@@ -116,109 +121,6 @@ pub struct RedisStore {
 }
 
 // Short names for the store's two failure kinds (built by the domain).
-fn unavailable(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
-    Error::unavailable(source)
-}
-
-fn internal(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
-    Error::internal(source)
-}
-
-/// A Redis error is `Unavailable` when retrying later can help (I/O,
-/// timeouts, a server loading or busy, failover); anything else is a bug.
-fn classify(error: redis::RedisError) -> Error {
-    let retryable_code = matches!(
-        error.code(),
-        Some(
-            "LOADING"
-                | "BUSY"
-                | "TRYAGAIN"
-                | "MASTERDOWN"
-                | "READONLY"
-                | "CLUSTERDOWN"
-                | "NOSCRIPT"
-        )
-    );
-    if error.is_io_error()
-        || error.is_timeout()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal()
-        || error.is_cluster_error()
-        || retryable_code
-    {
-        unavailable(error)
-    } else {
-        internal(error)
-    }
-}
-
-fn items(value: Value) -> Result<Vec<Value>> {
-    match value {
-        Value::Array(items) => Ok(items),
-        other => Err(internal(format!("unexpected script reply {other:?}"))),
-    }
-}
-
-fn bytes(value: &Value) -> Result<&[u8]> {
-    match value {
-        Value::BulkString(b) => Ok(b),
-        Value::SimpleString(s) => Ok(s.as_bytes()),
-        other => Err(internal(format!("unexpected script reply item {other:?}"))),
-    }
-}
-
-fn int(value: &Value) -> Result<i64> {
-    match value {
-        Value::Int(i) => Ok(*i),
-        other => std::str::from_utf8(bytes(other)?)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| internal(format!("not a number: {other:?}"))),
-    }
-}
-
-/// The status word a script starts its reply with, as an error when it is
-/// a refusal.
-fn check(reply: &[Value], id: AgentId) -> Result<()> {
-    let word = reply.first().map(bytes).transpose()?.unwrap_or(b"");
-    match word {
-        b"OK" => Ok(()),
-        b"NOT_FOUND" => Err(Error::NotFound(id)),
-        b"UNAUTHENTICATED" => Err(Error::Unauthenticated),
-        b"PERMISSION_DENIED" => Err(Error::PermissionDenied),
-        b"BAD_AFTER" => Err(Error::invalid(
-            "after_notification_id",
-            "is not a notification id of this agent",
-        )),
-        other => Err(internal(format!(
-            "script answered {}",
-            String::from_utf8_lossy(other)
-        ))),
-    }
-}
-
-fn agent_of(message: &Value) -> Result<(Arc<Agent>, Revision)> {
-    let (change, _) = codec::decode_change(bytes(message)?)?;
-    Ok((change.agent, change.revision))
-}
-
-fn token_arg(owner: &Ownership) -> String {
-    owner
-        .presented
-        .as_ref()
-        .map(codec::encode_token)
-        .unwrap_or_default()
-}
-
-/// The caller identity's owner key, `''` when anonymous.
-fn caller_arg(caller: Option<&crate::domain::TokenHash>) -> String {
-    caller.map(codec::encode_token).unwrap_or_default()
-}
-
-fn flag(b: bool) -> &'static str {
-    if b { "1" } else { "0" }
-}
-
 impl RedisStore {
     /// A store for `config`. Connects lazily: a Redis that is down now only
     /// makes the store unavailable until it answers.
@@ -507,49 +409,11 @@ impl Store for RedisStore {
     }
 
     async fn record_probe(&self, cmd: ProbeCommand, now: Millis) -> Result<Option<ChangeKind>> {
-        let mut invocation = self.scripts.probe.prepare_invoke();
-        invocation
-            .key(self.keys.agent(cmd.agent_id))
-            .key(self.keys.due())
-            .key(self.keys.revision())
-            .key(self.keys.agents())
-            .key(self.keys.backlog(cmd.agent_id))
-            .key(self.keys.shift())
-            .key(self.keys.history())
-            .key(self.keys.history_floor())
-            .arg(cmd.agent_id.to_string())
-            .arg(now)
-            .arg(flag(cmd.passed))
-            .arg(cmd.output.as_str())
-            .arg(self.keys.changes_channel())
-            .arg(SAFETY_NET_MS + self.grace_ms)
-            .arg(self.floor())
-            .arg(self.history_cap);
-        let reply = items(self.invoke(invocation).await?)?;
-        if reply.first().map(bytes).transpose()? == Some(b"NONE".as_slice()) {
-            return Ok(None);
-        }
-        check(&reply, cmd.agent_id)?;
-        let (change, _) = codec::decode_change(bytes(
-            reply.get(2).ok_or_else(|| internal("short probe reply"))?,
-        )?)?;
-        self.saw(change.revision);
-        Ok(Some(change.kind))
+        self.write_probe(cmd, now).await
     }
 
     async fn probers(&self, me: &str, now: Millis, leave: bool) -> Result<Vec<String>> {
-        let mut invocation = self.scripts.probers.prepare_invoke();
-        invocation
-            .key(self.keys.probers())
-            .arg(me)
-            .arg(now)
-            .arg(PROBER_STALE_MS)
-            .arg(flag(leave));
-        let reply = items(self.invoke(invocation).await?)?;
-        reply
-            .iter()
-            .map(|member| Ok(String::from_utf8_lossy(bytes(member)?).into_owned()))
-            .collect()
+        self.announce_prober(me, now, leave).await
     }
 
     async fn notify(&self, cmd: NotifyCommand, now: Millis) -> Result<Notified> {
@@ -595,89 +459,15 @@ impl Store for RedisStore {
         owner: Ownership,
         after: Option<u64>,
     ) -> Result<Vec<Arc<Notification>>> {
-        let after = after.unwrap_or(0);
-        let mut invocation = self.scripts.open_mailbox.prepare_invoke();
-        invocation
-            .key(self.keys.agent(agent_id))
-            .key(self.keys.backlog(agent_id))
-            .arg(token_arg(&owner))
-            .arg(flag(owner.required))
-            .arg(after)
-            .arg(caller_arg(owner.caller.as_ref()));
-        let reply = items(self.invoke(invocation).await?)?;
-        check(&reply, agent_id)?;
-        let mut out = Vec::with_capacity(reply.len().saturating_sub(1));
-        for message in &reply[1..] {
-            let notification = codec::decode_notification(bytes(message)?)?;
-            if notification.id > after {
-                out.push(Arc::new(notification));
-            }
-        }
-        Ok(out)
+        self.read_mailbox(agent_id, owner, after).await
     }
 
     async fn load(&self) -> Result<Snapshot> {
-        let mut invocation = self.scripts.snapshot.prepare_invoke();
-        invocation
-            .key(self.keys.revision())
-            .key(self.keys.agents())
-            .arg(self.keys.agent_prefix())
-            // Only to seed the revision of an empty store; not a deadline.
-            .arg(SystemClock.now())
-            .arg(self.floor());
-        // A snapshot of a large registry is one big reply (about 0.5 KB per
-        // agent): give it its own connection and a bound of its own, so it
-        // is never cut off by the per-call timeout meant for clients.
-        let snapshot = self.topology.run_long(&invocation, SNAPSHOT_TIMEOUT);
-        let reply = match tokio::time::timeout(SNAPSHOT_TIMEOUT, snapshot).await {
-            Ok(reply) => reply,
-            Err(_) => Err(unavailable("snapshot did not arrive in time")),
-        };
-        // A snapshot that arrived is proof Redis answers: the first client
-        // call after start need not wait for some other command to say so.
-        self.note_reachability(&reply);
-        let reply = items(reply?)?;
-        let revision = reply.first().map(int).transpose()?.unwrap_or(0);
-        let revision = u64::try_from(revision).unwrap_or(0);
-        self.saw(revision);
-        let mut agents = Vec::with_capacity(reply.len().saturating_sub(1));
-        for record in reply.iter().skip(1) {
-            let (change, _) = codec::decode_change(bytes(record)?)?;
-            debug_assert_eq!(change.kind, ChangeKind::Touched);
-            agents.push(change.agent);
-        }
-        Ok(Snapshot { revision, agents })
+        self.read_snapshot().await
     }
 
     async fn history(&self, after: Revision, upto: Revision, limit: usize) -> Result<History> {
-        let mut invocation = self.scripts.history.prepare_invoke();
-        invocation
-            .key(self.keys.history())
-            .key(self.keys.history_floor())
-            .key(self.keys.revision())
-            .arg(after)
-            .arg(upto)
-            .arg(limit);
-        let reply = items(self.invoke(invocation).await?)?;
-        match reply.first().map(bytes).transpose()? {
-            Some(b"COMPACTED") => {
-                let oldest = reply.get(1).map(int).transpose()?.unwrap_or(0);
-                Ok(History::Compacted {
-                    oldest: u64::try_from(oldest).unwrap_or(0),
-                })
-            }
-            Some(b"OK") => {
-                let mut changes = Vec::with_capacity(reply.len() / 2);
-                for pair in reply[1..].chunks(2) {
-                    let [message, previous] = pair else {
-                        return Err(internal("odd history reply"));
-                    };
-                    changes.push(codec::decode_replayed(bytes(message)?, bytes(previous)?)?);
-                }
-                Ok(History::Changes(changes))
-            }
-            _ => Err(internal("unexpected history reply")),
-        }
+        self.read_history(after, upto, limit).await
     }
 
     async fn subscribe(&self) -> Result<Feed> {
