@@ -45,7 +45,7 @@ pub struct View {
     /// The watchers the index's changes are offered to, under its lock.
     hub: Arc<Hub>,
     /// Last applied revision, for read-your-writes waits.
-    applied: watch::Sender<Revision>,
+    applied: waiters::Waiters,
     /// Whether the index follows the store's feed right now (loaded, and
     /// no gap since). False at start and while the feed is lost.
     synced: watch::Sender<bool>,
@@ -249,13 +249,12 @@ impl Index {
 impl View {
     /// An empty view at revision 0.
     pub fn new() -> Arc<Self> {
-        let (applied, _) = watch::channel(0);
         let (synced, _) = watch::channel(false);
         Arc::new(Self {
             synced,
             index: RwLock::new(Index::default()),
             hub: Hub::new(),
-            applied,
+            applied: waiters::Waiters::default(),
             rotations: Mutex::new(HashMap::new()),
             loaded: AtomicBool::new(false),
         })
@@ -327,7 +326,7 @@ impl View {
         }
         self.hub.end_all(StreamEnd::FeedReset);
         drop(index);
-        self.applied.send_replace(snapshot.revision);
+        self.applied.applied(snapshot.revision);
         self.loaded.store(true, Ordering::Release);
         self.synced.send_replace(true);
     }
@@ -372,17 +371,13 @@ impl View {
         index.revision = change.revision;
         self.hub.offer(change, previous.as_deref());
         drop(index);
-        self.applied.send_replace(change.revision);
+        self.applied.applied(change.revision);
     }
 
     /// Waits (at most `timeout`) until revision `rev` is applied, so a client
     /// reads its own writes on this replica. Returns whether it was.
     pub async fn wait_applied(&self, rev: Revision, timeout: Duration) -> bool {
-        let mut rx = self.applied.subscribe();
-        matches!(
-            tokio::time::timeout(timeout, rx.wait_for(|applied| *applied >= rev)).await,
-            Ok(Ok(_))
-        )
+        self.applied.wait(rev, timeout).await
     }
 
     /// Every agent with an active health check (the prober's work list).
@@ -493,3 +488,4 @@ impl View {
 
 #[cfg(test)]
 mod tests;
+mod waiters;
