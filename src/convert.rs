@@ -309,9 +309,9 @@ pub fn discover_response(query: &DiscoverQuery, agents: &[Arc<Agent>]) -> pb::Di
 /// The answer to a Heartbeat.
 pub fn heartbeat_response(done: &Heartbeaten) -> pb::HeartbeatResponse {
     pb::HeartbeatResponse {
-        status: done.agent.status as i32,
-        last_seen: done.agent.last_seen(),
-        expires_at: done.agent.expires_at(),
+        status: done.status as i32,
+        last_seen: done.last_seen(),
+        expires_at: done.expires_at(),
     }
 }
 

@@ -247,7 +247,7 @@ impl Store for MemoryStore {
         let (agent, revision) = last.ok_or_else(|| Error::Internal {
             source: "heartbeat committed no change".into(),
         })?;
-        Ok(Heartbeaten { agent, revision })
+        Ok(Heartbeaten::of(&agent, revision))
     }
 
     async fn deregister(

@@ -12,8 +12,8 @@ use std::{future::Future, sync::Arc};
 use tokio::sync::broadcast;
 
 use crate::domain::{
-    Agent, AgentId, Change, ChangeKind, History, Millis, Notification, Result, Revision, Telemetry,
-    Token, TokenHash, agent::Registration,
+    Agent, AgentId, Change, ChangeKind, History, Millis, Notification, Result, Revision, Status,
+    Telemetry, Token, TokenHash, agent::Registration, to_secs,
 };
 
 pub use self::redis::{RedisConfig, RedisStore};
@@ -91,10 +91,36 @@ pub struct HeartbeatCommand {
 /// What Heartbeat did.
 #[derive(Debug)]
 pub struct Heartbeaten {
-    /// The agent as stored.
-    pub agent: Arc<Agent>,
+    /// The agent's status after the heartbeat.
+    pub status: Status,
+    /// When it was last seen (ms).
+    pub last_seen_ms: Millis,
+    /// Its heartbeat timeout (s).
+    pub ttl_secs: u32,
     /// Revision of the last change it made.
     pub revision: Revision,
+}
+
+impl Heartbeaten {
+    /// What a heartbeat of `agent` answers, at `revision`.
+    pub fn of(agent: &Agent, revision: Revision) -> Self {
+        Self {
+            status: agent.status,
+            last_seen_ms: agent.last_seen_ms,
+            ttl_secs: agent.ttl_secs,
+            revision,
+        }
+    }
+
+    /// `last_seen` in whole seconds, as on the wire.
+    pub fn last_seen(&self) -> i64 {
+        to_secs(self.last_seen_ms)
+    }
+
+    /// `expires_at` in whole seconds, as on the wire: `last_seen + ttl`.
+    pub fn expires_at(&self) -> i64 {
+        self.last_seen() + i64::from(self.ttl_secs)
+    }
 }
 
 /// A validated NotifyAgent call.

@@ -47,7 +47,7 @@ use super::{
     NotifyCommand, Ownership, ProbeCommand, Reaped, RegisterCommand, Registered, Snapshot, Store,
 };
 use crate::domain::{
-    AgentId, ChangeKind, Error, History, Millis, Notification, Result, Revision, Telemetry,
+    AgentId, ChangeKind, Error, History, Millis, Notification, Result, Revision, Status, Telemetry,
     error_chain,
 };
 
@@ -325,15 +325,17 @@ impl Store for RedisStore {
             .arg(caller_arg(cmd.owner.caller.as_ref()));
         let reply = items(self.invoke_write(invocation).await?)?;
         check(&reply, cmd.agent_id)?;
-        let last = reply
-            .last()
-            .filter(|_| reply.len() > 1)
-            .ok_or_else(|| internal("short reply"))?;
-        let (change, _) = codec::decode_change(bytes(last)?)?;
-        self.saw(change.revision);
+        let [_, revision, status, last_seen, ttl] = reply.as_slice() else {
+            return Err(internal("short heartbeat reply"));
+        };
+        let revision = u64::try_from(int(revision)?).map_err(|_| internal("revision"))?;
+        self.saw(revision);
         Ok(Heartbeaten {
-            agent: change.agent,
-            revision: change.revision,
+            status: Status::from_wire(i32::try_from(int(status)?).map_err(|_| internal("status"))?)
+                .ok_or_else(|| internal("status"))?,
+            last_seen_ms: int(last_seen)?,
+            ttl_secs: u32::try_from(int(ttl)?).map_err(|_| internal("ttl"))?,
+            revision,
         })
     }
 

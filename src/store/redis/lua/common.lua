@@ -31,12 +31,12 @@ local function shift_of(shift_key)
   return tonumber(redis.call('GET', shift_key) or '0')
 end
 
--- Ownership check (BEHAVIOUR.md sections 3 and 9): '' = no token presented,
+-- Ownership check (BEHAVIOUR.md sections 3 and 9) of a record whose token
+-- hash is `tok` and owner key `own`: '' = no token presented,
 -- caller = the caller identity's owner key ('' = anonymous). Without a
 -- token, the owning identity is let in and any other identity refused.
-local function authorize(key, presented, required, caller)
+local function owns(tok, own, presented, required, caller)
   if presented == '' then
-    local own = redis.call('HGET', key, 'own')
     if caller ~= '' and own then
       if own == caller then
         return nil
@@ -48,10 +48,16 @@ local function authorize(key, presented, required, caller)
     end
     return nil
   end
-  if redis.call('HGET', key, 'tok') ~= presented then
+  if tok ~= presented then
     return 'PERMISSION_DENIED'
   end
   return nil
+end
+
+-- `owns` with the record's token hash and owner read here.
+local function authorize(key, presented, required, caller)
+  local f = redis.call('HMGET', key, 'tok', 'own')
+  return owns(f[1], f[2], presented, required, caller)
 end
 
 -- The change history (a capped stream; BEHAVIOUR.md section 11), set by a
@@ -88,12 +94,15 @@ end
 -- Records a change of the agent at `key`: takes the next revision, stamps it
 -- on the record unless the change is a keep-alive, publishes the change,
 -- appends it to the history (`prev_reg`: the registration a re-registration
--- replaced) and returns the published message.
+-- replaced) and returns the published message (its revision is left in
+-- `emitted.rev`).
 --
 -- `floor` is the highest revision the calling replica has seen. Should the
 -- counter be behind it (Redis restarted from an older snapshot), or missing
 -- (a new or wiped store: seeded from the clock, ms * 1000, exact below 2^53),
 -- it jumps ahead, so revisions never go backwards for any client.
+local emitted = { rev = 0 }
+
 local function emit(rev_key, channel, key, id, kind, prev, now, floor, prev_reg)
   local rev = redis.call('INCR', rev_key)
   if rev <= floor then
@@ -115,5 +124,6 @@ local function emit(rev_key, channel, key, id, kind, prev, now, floor, prev_reg)
   if kind ~= 'TOUCHED' then
     record(rev, msg, prev_reg)
   end
+  emitted.rev = rev
   return msg
 end
