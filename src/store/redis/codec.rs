@@ -134,70 +134,83 @@ const CHANGE_FIELDS_V1: usize = 13;
 /// Fields of a change message with the probe state.
 const CHANGE_FIELDS: usize = 18;
 
-/// The probe state of a record: `hx` (1 while failing), `hf`, `hp`
-/// (consecutive failures, passes), `hs` (failing since, ms, or empty), `ho`
-/// (the last output). Absent (nil, sent as empty or missing) = the default.
-fn decode_probe(f: &[Vec<u8>]) -> Result<ProbeState> {
-    if f.len() < CHANGE_FIELDS {
+/// The probe state in a record's fields (see [`decode_record`]): `hx` (1
+/// while failing), `hf`, `hp` (consecutive failures, passes), `hs` (failing
+/// since, ms, or empty), `ho` (the last output). Absent (nil, sent as empty
+/// or missing) = the default.
+fn decode_probe(r: &[&[u8]]) -> Result<ProbeState> {
+    if r.len() < RECORD_FIELDS {
         return Ok(ProbeState::default());
     }
     let count = |b: &[u8], what: &str| -> Result<u32> {
         if b.is_empty() { Ok(0) } else { number(b, what) }
     };
     Ok(ProbeState {
-        failing: f[13].as_slice() == b"1",
-        failures: count(&f[14], "probe failures")?,
-        passes: count(&f[15], "probe passes")?,
-        failing_since: if f[16].is_empty() {
+        failing: r[9] == b"1",
+        failures: count(r[10], "probe failures")?,
+        passes: count(r[11], "probe passes")?,
+        failing_since: if r[12].is_empty() {
             None
         } else {
-            Some(number(&f[16], "failing since")?)
+            Some(number(r[12], "failing since")?)
         },
-        output: String::from_utf8_lossy(&f[17]).into_owned(),
+        output: String::from_utf8_lossy(r[13]).into_owned(),
+    })
+}
+
+/// Fields of an agent's record as a snapshot reads them.
+pub const RECORD_FIELDS: usize = 14;
+
+/// An agent from its record's fields: `[id, reg, tel, st, od, ls, ttl, ra,
+/// rev, hx, hf, hp, hs, ho]` (the last five, the probe state, may be
+/// missing; a missing field is empty).
+pub fn decode_record(r: &[&[u8]]) -> Result<Agent> {
+    if r.len() < RECORD_FIELDS - 5 {
+        return Err(corrupt("short record"));
+    }
+    let reg = pb::AgentInfo::decode(r[1]).map_err(|_| corrupt("registration"))?;
+    let id: AgentId = std::str::from_utf8(r[0])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| corrupt("agent id"))?;
+    // The blob holds the registration; the script's fields hold the rest.
+    Ok(Agent {
+        telemetry: decode_telemetry(r[2])?,
+        status: status(r[3])?,
+        overdue: r[4] == b"1",
+        registered_at: number(r[7], "registered_at")?,
+        last_seen_ms: number(r[5], "last_seen")?,
+        ttl_secs: number(r[6], "ttl")?,
+        revision: number(r[8], "agent revision")?,
+        probe: decode_probe(r)?,
+        ..convert::agent_from_wire(id, reg).ok_or_else(|| corrupt("agent type"))?
     })
 }
 
 /// A change message (also a snapshot record, whose kind is `SNAPSHOT`):
-/// `[rev, kind, prev, at, id, reg, tel, st, od, ls, ttl, ra, agent_rev,
-/// hx, hf, hp, hs, ho]` (the last five, the probe state, may be missing).
+/// `[rev, kind, prev, at, ` then the record's fields ([`decode_record`])`]`.
 /// Returns the change and whether it was a snapshot record.
 pub fn decode_change(bytes: &[u8]) -> Result<(Change, bool)> {
-    let f = fields_of(bytes, &[CHANGE_FIELDS_V1, CHANGE_FIELDS])?;
-    let kind = match f[1].as_slice() {
+    let owned = fields_of(bytes, &[CHANGE_FIELDS_V1, CHANGE_FIELDS])?;
+    let f: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+    let kind = match f[1] {
         b"REGISTERED" => ChangeKind::Registered,
         b"UPDATED" => ChangeKind::Updated,
         b"STATUS_CHANGED" => ChangeKind::StatusChanged {
-            previous: status(&f[2])?,
+            previous: status(f[2])?,
         },
         b"DEREGISTERED" => ChangeKind::Deregistered,
         b"EXPIRED" => ChangeKind::Expired,
         b"TOUCHED" | b"SNAPSHOT" => ChangeKind::Touched,
         _ => return Err(corrupt("change kind")),
     };
-    let reg = pb::AgentInfo::decode(f[5].as_slice()).map_err(|_| corrupt("registration"))?;
-    let id: AgentId = std::str::from_utf8(&f[4])
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| corrupt("agent id"))?;
-    // The blob holds the registration; the script's fields hold the rest.
-    let agent = Agent {
-        telemetry: decode_telemetry(&f[6])?,
-        status: status(&f[7])?,
-        overdue: f[8].as_slice() == b"1",
-        registered_at: number(&f[11], "registered_at")?,
-        last_seen_ms: number(&f[9], "last_seen")?,
-        ttl_secs: number(&f[10], "ttl")?,
-        revision: number(&f[12], "agent revision")?,
-        probe: decode_probe(&f)?,
-        ..convert::agent_from_wire(id, reg).ok_or_else(|| corrupt("agent type"))?
-    };
     let change = Change {
-        revision: number(&f[0], "revision")?,
+        revision: number(f[0], "revision")?,
         kind,
-        agent: Arc::new(agent),
-        at: number(&f[3], "timestamp")?,
+        agent: Arc::new(decode_record(&f[4..])?),
+        at: number(f[3], "timestamp")?,
     };
-    Ok((change, f[1].as_slice() == b"SNAPSHOT"))
+    Ok((change, f[1] == b"SNAPSHOT"))
 }
 
 /// A history entry: the change message and the registration it replaced

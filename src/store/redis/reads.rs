@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     domain::{
-        AgentId, ChangeKind, History, Notification, Result, Revision,
+        Agent, AgentId, History, Notification, Result, Revision,
         clock::{Clock, SystemClock},
     },
     store::{Ownership, Snapshot},
@@ -68,12 +68,11 @@ impl RedisStore {
         let revision = reply.first().map(int).transpose()?.unwrap_or(0);
         let revision = u64::try_from(revision).unwrap_or(0);
         self.saw(revision);
-        let mut agents = Vec::with_capacity(reply.len().saturating_sub(1));
-        for record in reply.iter().skip(1) {
-            let (change, _) = codec::decode_change(bytes(record)?)?;
-            debug_assert_eq!(change.kind, ChangeKind::Touched);
-            agents.push(change.agent);
-        }
+        // Decoding 100 000 records takes a while: off the runtime's
+        // threads, and spread over the cores.
+        let agents = tokio::task::spawn_blocking(move || decode_records(&reply[1..]))
+            .await
+            .map_err(|e| internal(format!("snapshot decoding: {e}")))??;
         Ok(Snapshot { revision, agents })
     }
 
@@ -112,4 +111,48 @@ impl RedisStore {
             _ => Err(internal("unexpected history reply")),
         }
     }
+}
+
+/// The agents of a snapshot's flat reply ([`codec::RECORD_FIELDS`] per
+/// agent), decoded in one chunk per core.
+fn decode_records(flat: &[redis::Value]) -> Result<Vec<Arc<Agent>>> {
+    if !flat.len().is_multiple_of(codec::RECORD_FIELDS) {
+        return Err(internal("snapshot reply is not whole records"));
+    }
+    let records = flat.len() / codec::RECORD_FIELDS;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_chunk = records.div_ceil(threads.max(1)).max(1) * codec::RECORD_FIELDS;
+    let decode = |chunk: &[redis::Value]| -> Result<Vec<Arc<Agent>>> {
+        let mut agents = Vec::with_capacity(chunk.len() / codec::RECORD_FIELDS);
+        let mut fields: Vec<&[u8]> = Vec::with_capacity(codec::RECORD_FIELDS);
+        for record in chunk.chunks_exact(codec::RECORD_FIELDS) {
+            fields.clear();
+            for value in record {
+                fields.push(match value {
+                    redis::Value::Nil => b"",
+                    other => bytes(other)?,
+                });
+            }
+            agents.push(Arc::new(codec::decode_record(&fields)?));
+        }
+        Ok(agents)
+    };
+    let parts: Vec<Result<Vec<Arc<Agent>>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = flat
+            .chunks(per_chunk)
+            .map(|chunk| scope.spawn(move || decode(chunk)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(internal("snapshot decoding panicked")))
+            })
+            .collect()
+    });
+    let mut agents = Vec::with_capacity(records);
+    for part in parts {
+        agents.extend(part?);
+    }
+    Ok(agents)
 }

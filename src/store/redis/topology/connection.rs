@@ -107,6 +107,16 @@ impl Primary {
         }
         result.map_err(Failure::Command)
     }
+
+    /// Drops the shared connections: the next calls open new ones. Called
+    /// when the feed connects again after a loss: whatever broke it (a
+    /// restart, a failover) broke these too, and a multiplexed connection
+    /// only finds out by failing a call.
+    pub(super) async fn reconnect(&self) {
+        for slot in &self.shared.slots {
+            *slot.lock().await = None;
+        }
+    }
 }
 
 /// One shared connection, numbered so that a failure only replaces the

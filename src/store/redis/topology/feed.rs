@@ -32,11 +32,16 @@ impl Topology {
         let (sink, stream) = match self.mode().await? {
             Mode::Direct { primary } => {
                 let (sink, stream) = pubsub(&primary.client).await?;
+                primary.reconnect().await;
                 (FeedSink::Plain(sink), FeedStream::Plain(stream))
             }
-            Mode::Sentinel { .. } => {
+            Mode::Sentinel { current, .. } => {
                 let client = self.sentinel_primary().await?;
                 let (sink, stream) = pubsub(&client).await?;
+                let known = current.read().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Some((_, primary)) = known {
+                    primary.reconnect().await;
+                }
                 (FeedSink::Plain(sink), FeedStream::Plain(stream))
             }
             Mode::Cluster { nodes, .. } => {
