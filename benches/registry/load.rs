@@ -186,20 +186,59 @@ pub struct Throughput {
     pub failures: Failures,
     /// Calls not issued (time bound).
     pub skipped: usize,
+    /// Wall time of the run(s).
+    pub elapsed: Duration,
+    /// Every successful call's latency, sorted.
+    pub latencies: Vec<Duration>,
+}
+
+impl Throughput {
+    fn from_parts(
+        mut latencies: Vec<Duration>,
+        elapsed: Duration,
+        failures: Failures,
+        skipped: usize,
+    ) -> Self {
+        latencies.sort();
+        Self {
+            calls: latencies.len(),
+            per_second: latencies.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+            p50: quantile(&latencies, 0.50),
+            p99: quantile(&latencies, 0.99),
+            failures,
+            skipped,
+            elapsed,
+            latencies,
+        }
+    }
+
+    /// Several rounds as one: every call over the rounds' summed time.
+    pub fn combine(rounds: Vec<Throughput>) -> Option<Throughput> {
+        if rounds.is_empty() {
+            return None;
+        }
+        let mut latencies = Vec::new();
+        let mut elapsed = Duration::ZERO;
+        let mut failures = Failures::default();
+        let mut skipped = 0;
+        for r in rounds {
+            latencies.extend(r.latencies);
+            elapsed += r.elapsed;
+            failures.merge(r.failures);
+            skipped += r.skipped;
+        }
+        Some(Self::from_parts(latencies, elapsed, failures, skipped))
+    }
 }
 
 impl<T> Run<T> {
     /// The run's figures.
     pub fn throughput(&self) -> Throughput {
-        let mut latencies: Vec<Duration> = self.done.iter().map(|d| d.latency).collect();
-        latencies.sort();
-        Throughput {
-            calls: self.done.len(),
-            per_second: self.done.len() as f64 / self.elapsed.as_secs_f64().max(1e-9),
-            p50: quantile(&latencies, 0.50),
-            p99: quantile(&latencies, 0.99),
-            failures: self.failures.clone(),
-            skipped: self.skipped,
-        }
+        Throughput::from_parts(
+            self.done.iter().map(|d| d.latency).collect(),
+            self.elapsed,
+            self.failures.clone(),
+            self.skipped,
+        )
     }
 }

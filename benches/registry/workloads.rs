@@ -622,6 +622,11 @@ pub struct Load {
     pub population: u64,
     /// Its RSS over an empty replica's, per agent, in bytes.
     pub bytes_per_agent: f64,
+    /// Process start to the first WatchAgents accepted (a replica refuses
+    /// new streams while it does not consider its view current).
+    pub ready: Result<Duration, String>,
+    /// The first refusal of a watch after the first read, if any.
+    pub refused: Option<String>,
     /// Pub/sub connection cut to a new watch accepted again.
     pub resync: Result<Duration, String>,
 }
@@ -675,13 +680,40 @@ pub async fn view_load(
     let population = fresh.population().await?;
     let rss_loaded = fresh.child.rss()?;
 
-    let resync = async {
+    let mut refused = None;
+    let mut stream = None;
+    while started.elapsed() < Duration::from_secs(90) {
         let open = client.watch_agents(pb::WatchAgentsRequest::default());
-        let mut old = tokio::time::timeout(CALL_TIMEOUT, open)
-            .await
-            .map_err(|_| "watch: timed out".to_owned())?
-            .map_err(|s| format!("watch: {}", status_text(&s)))?
-            .into_inner();
+        match tokio::time::timeout(CALL_TIMEOUT, open).await {
+            Ok(Ok(s)) => {
+                stream = Some((started.elapsed(), s.into_inner()));
+                break;
+            }
+            Ok(Err(s)) => {
+                refused.get_or_insert_with(|| {
+                    format!(
+                        "{} at {:.2} s",
+                        status_text(&s),
+                        started.elapsed().as_secs_f64()
+                    )
+                });
+            }
+            Err(_) => {
+                refused.get_or_insert_with(|| "watch: no answer in 10 s".into());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let ready = stream.as_ref().map(|(d, _)| *d).ok_or_else(|| {
+        format!(
+            "no watch accepted within 90 s of the start: {}",
+            refused.clone().unwrap_or_default()
+        )
+    });
+    let resync = async {
+        let Some((_, mut old)) = stream else {
+            return Err("not measured: the replica accepted no watch".to_owned());
+        };
         let cut = Instant::now();
         let killed: i64 =
             crate::procs::redis_cmd(redis_url, &["CLIENT", "KILL", "TYPE", "pubsub"]).await?;
@@ -709,6 +741,8 @@ pub async fn view_load(
         start,
         population,
         bytes_per_agent: rss_loaded.saturating_sub(rss_empty) as f64 / population.max(1) as f64,
+        ready,
+        refused,
         resync,
     })
 }
