@@ -388,6 +388,13 @@ async fn run(sizes: Sizes) {
         let r = workloads::history_cost(t, url).await;
         if let Some((lines, short)) = report.record("history cost", t.kind.label(), r) {
             report.failures("history cost (resume)", t.kind.label(), &short, 0);
+            if short.count > 0 {
+                report.notes.push(format!(
+                    "{}: last log lines after the resumes (RUST_LOG=warn): {}",
+                    t.kind.label(),
+                    t.server.child.log_tail(4)
+                ));
+            }
             for line in lines {
                 report.notes.push(format!("{}: {line}", t.kind.label()));
             }
@@ -435,6 +442,10 @@ async fn run(sizes: Sizes) {
                 let step = "view resync";
                 report.errors.push((step.into(), "Redis store".into(), e));
             }
+            report.notes.push(format!(
+                "fresh Redis-backed replica, last log lines (RUST_LOG=warn): {}",
+                load.log
+            ));
         }
     }
     let took = report.started.elapsed();

@@ -629,6 +629,8 @@ pub struct Load {
     pub refused: Option<String>,
     /// Pub/sub connection cut to a new watch accepted again.
     pub resync: Result<Duration, String>,
+    /// The last lines the fresh replica logged (warnings and errors).
+    pub log: String,
 }
 
 /// Starts a replica of an empty registry (another key prefix, for the
@@ -744,5 +746,6 @@ pub async fn view_load(
         ready,
         refused,
         resync,
+        log: fresh.child.log_tail(4),
     })
 }
