@@ -353,33 +353,33 @@ async fn run(sizes: Sizes) {
         }
         report.column(t.kind).discover = figures;
     }
-    for t in &targets {
-        let plan = WatchPlan {
-            watchers: sizes.watchers,
-            changes: sizes.changes,
-            pace: Duration::from_millis(20),
-            base: 1_000_000_000,
-        };
-        let step = format!(
-            "watch ({} watchers × {} changes)",
-            plan.watchers, plan.changes
-        );
-        let r = workloads::watch(t, &population, plan).await;
-        report.column(t.kind).watch = report.watch(&step, t.kind, r);
-    }
-    for t in &targets {
-        let plan = WatchPlan {
-            watchers: sizes.many_watchers,
-            changes: sizes.many_changes,
-            pace: Duration::from_millis(200),
-            base: 2_000_000_000,
-        };
-        let step = format!(
-            "watch ({} watchers × {} changes)",
-            plan.watchers, plan.changes
-        );
-        let r = workloads::watch(t, &population, plan).await;
-        report.column(t.kind).many = report.watch(&step, t.kind, r);
+    let few = WatchPlan {
+        watchers: sizes.watchers,
+        changes: sizes.changes,
+        pace: Duration::from_millis(20),
+        base: 1_000_000_000,
+    };
+    let many = WatchPlan {
+        watchers: sizes.many_watchers,
+        changes: sizes.many_changes,
+        pace: Duration::from_millis(200),
+        base: 2_000_000_000,
+    };
+    for (plan, is_many) in [(few, false), (many, true)] {
+        for t in &targets {
+            let step = format!(
+                "watch ({} watchers × {} changes)",
+                plan.watchers, plan.changes
+            );
+            let r = workloads::watch(t, &population, plan).await;
+            let figures = report.watch(&step, t.kind, r);
+            let column = report.column(t.kind);
+            if is_many {
+                column.many = figures;
+            } else {
+                column.watch = figures;
+            }
+        }
     }
     for t in targets.iter().filter(|t| t.kind != Kind::Ceiling) {
         let url = (t.kind == Kind::Redis)
@@ -456,7 +456,7 @@ fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(' ');
         }
         out.push(c);

@@ -229,7 +229,7 @@ pub async fn discover(
             returned: d.value,
         })
         .collect();
-    slowest.sort_by(|a, b| b.latency.cmp(&a.latency));
+    slowest.sort_by_key(|s| std::cmp::Reverse(s.latency));
     slowest.truncate(10);
     let calls = run.done.iter().map(|d| (d.index, d.latency)).collect();
     Ok(Discover {
