@@ -132,7 +132,10 @@ fuzz:
 		$(CARGO) +nightly fuzz run --fuzz-dir fuzz $$target -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 || exit 1; \
 	done
 
-## bench: throughput and p50/p99 of every operation on both stores (release build)
+## bench: the registry (memory and Redis store) against a ceiling server that
+## stores nothing, all release builds on loopback; Markdown tables with the
+## ratios and issue 10's goals (a few minutes after the build;
+## REGISTRY_BENCH_SCALE=0.05 for a quick try with fewer agents and watchers)
 bench: deps
 	$(CARGO) bench --bench registry
 
