@@ -10,7 +10,7 @@
 //! Depends on: domain, hub, outbox.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::HashMap,
     hash::{Hash, Hasher},
     sync::{
         Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard,
@@ -21,11 +21,12 @@ use std::{
 
 use tokio::sync::watch;
 
+use self::index::Index;
 use crate::{
     domain::{
         Agent, AgentId, AgentType, Change, Revision, Snapshot, Status,
         query::{
-            AgentFilter, DiscoverQuery, ListKey, RankKey, Strategy, WatchSelection, list_key,
+            AgentFilter, DiscoverQuery, ListKey, Strategy, WatchSelection, list_key,
             order_discovered,
         },
     },
@@ -64,184 +65,6 @@ pub struct CapabilityUse {
     pub agents: usize,
     /// Of those, the HEALTHY ones.
     pub healthy: usize,
-}
-
-#[derive(Debug, Default)]
-struct Index {
-    revision: Revision,
-    agents: HashMap<AgentId, Arc<Agent>>,
-    by_capability: HashMap<String, HashSet<AgentId>>,
-    by_list_order: BTreeMap<ListKey, Arc<Agent>>,
-    /// Per status, every agent in RANKED order: a ranked discover walks its
-    /// status's partition and stops after `max_results` matches.
-    by_rank: [BTreeMap<RankKey, Arc<Agent>>; 3],
-    /// Agents per (type, status), for the population gauges.
-    population: HashMap<(AgentType, Status), usize>,
-}
-
-/// A ranked discover whose smallest capability set is at most this big
-/// scans that set instead of walking the rank order.
-const SCAN_BELOW: usize = 256;
-
-// === impl Index ===
-
-fn rank_slot(status: Status) -> usize {
-    match status {
-        Status::Healthy => 0,
-        Status::Unhealthy => 1,
-        Status::Degraded => 2,
-    }
-}
-
-impl Index {
-    fn insert(&mut self, agent: Arc<Agent>) {
-        if let Some(old) = self.agents.get(&agent.id).cloned() {
-            if old.capabilities == agent.capabilities
-                && old.agent_type == agent.agent_type
-                && old.status == agent.status
-                && list_key(&old) == list_key(&agent)
-            {
-                // The common case (a keep-alive, a telemetry report): only
-                // the rank position may move; every other index holds the
-                // same key and just gets the new value.
-                self.replace(&old, agent);
-                return;
-            }
-            self.agents.remove(&agent.id);
-            self.unindex(&old);
-        }
-        for cap in &agent.capabilities {
-            self.by_capability
-                .entry(cap.clone())
-                .or_default()
-                .insert(agent.id);
-        }
-        self.by_list_order.insert(list_key(&agent), agent.clone());
-        self.by_rank[rank_slot(agent.status)].insert(RankKey::of(&agent), agent.clone());
-        *self
-            .population
-            .entry((agent.agent_type, agent.status))
-            .or_insert(0) += 1;
-        self.agents.insert(agent.id, agent);
-    }
-
-    /// Puts `agent` in the place of `old`, whose capabilities, type, status
-    /// and list key are the same.
-    fn replace(&mut self, old: &Agent, agent: Arc<Agent>) {
-        if let Some(slot) = self.by_list_order.get_mut(&list_key(&agent)) {
-            *slot = agent.clone();
-        }
-        let ranks = &mut self.by_rank[rank_slot(agent.status)];
-        let (before, after) = (RankKey::of(old), RankKey::of(&agent));
-        if before == after {
-            if let Some(slot) = ranks.get_mut(&after) {
-                *slot = agent.clone();
-            }
-        } else {
-            ranks.remove(&before);
-            ranks.insert(after, agent.clone());
-        }
-        self.agents.insert(agent.id, agent);
-    }
-
-    fn remove(&mut self, id: AgentId) {
-        if let Some(old) = self.agents.remove(&id) {
-            self.unindex(&old);
-        }
-    }
-
-    /// Drops `old` from every secondary index (not from `agents`).
-    fn unindex(&mut self, old: &Agent) {
-        for cap in &old.capabilities {
-            if let Some(ids) = self.by_capability.get_mut(cap) {
-                ids.remove(&old.id);
-                if ids.is_empty() {
-                    self.by_capability.remove(cap);
-                }
-            }
-        }
-        self.by_list_order.remove(&list_key(old));
-        self.by_rank[rank_slot(old.status)].remove(&RankKey::of(old));
-        if let Some(n) = self.population.get_mut(&(old.agent_type, old.status)) {
-            *n = n.saturating_sub(1);
-        }
-    }
-
-    /// Size of the smallest capability set of `caps` (0 when one is absent).
-    fn smallest_capability_set(&self, caps: &[String]) -> usize {
-        caps.iter()
-            .map(|c| self.by_capability.get(c).map_or(0, HashSet::len))
-            .min()
-            .unwrap_or(self.agents.len())
-    }
-
-    /// RANKED discover by walking the status partitions in rank order (for
-    /// `HEALTHY`, the HEALTHY partition, then the DEGRADED fallback), when
-    /// matches are dense enough for that to beat scanning the capability
-    /// set. `None`: the walk would not pay off (or exceeded its budget).
-    fn discover_by_rank(&self, query: &DiscoverQuery, status: Status) -> Option<Vec<Arc<Agent>>> {
-        let set = self.smallest_capability_set(&query.capabilities);
-        if !query.capabilities.is_empty() && set <= SCAN_BELOW {
-            return None;
-        }
-        // Visiting more than twice the capability set means the matches are
-        // sparse in this partition: scanning the set is cheaper.
-        let budget = if query.capabilities.is_empty() {
-            usize::MAX
-        } else {
-            set.saturating_mul(2)
-        };
-        let groups: &[Status] = match status {
-            Status::Healthy => &[Status::Healthy, Status::Degraded],
-            Status::Degraded => &[Status::Degraded],
-            Status::Unhealthy => &[Status::Unhealthy],
-        };
-        let mut out = Vec::with_capacity(query.max_results);
-        let mut visited = 0usize;
-        for group in groups {
-            for agent in self.by_rank[rank_slot(*group)].values() {
-                if visited >= budget {
-                    return None;
-                }
-                visited += 1;
-                if agent.has_all(&query.capabilities) && query.filter.matches_except_status(agent) {
-                    out.push(agent.clone());
-                    if out.len() == query.max_results {
-                        return Some(out);
-                    }
-                }
-            }
-        }
-        Some(out)
-    }
-
-    /// Agents having every capability in `caps`: walks the smallest index set.
-    fn with_capabilities<'a>(
-        &'a self,
-        caps: &'a [String],
-    ) -> Box<dyn Iterator<Item = &'a Arc<Agent>> + 'a> {
-        if caps.is_empty() {
-            return Box::new(self.agents.values());
-        }
-        let mut sets = Vec::with_capacity(caps.len());
-        for cap in caps {
-            match self.by_capability.get(cap) {
-                Some(set) => sets.push(set),
-                None => return Box::new(std::iter::empty()),
-            }
-        }
-        let smallest = sets
-            .iter()
-            .min_by_key(|s| s.len())
-            .copied()
-            .unwrap_or_else(|| sets[0]);
-        Box::new(
-            smallest
-                .iter()
-                .filter_map(|id| self.agents.get(id))
-                .filter(move |a| a.has_all(caps)),
-        )
-    }
 }
 
 // === impl View ===
@@ -436,7 +259,7 @@ impl View {
             return found;
         }
         let candidates: Vec<&Arc<Agent>> = index
-            .with_capabilities(&query.capabilities)
+            .with_capabilities(&query.capabilities, query.filter.namespace.as_deref())
             .filter(|a| query.filter.matches(a))
             .collect();
         order_discovered(candidates, query.strategy, query.max_results, rotation)
@@ -465,7 +288,7 @@ impl View {
         let index = self.read();
         let snapshot = if with_snapshot {
             let mut agents: Vec<Arc<Agent>> = index
-                .with_capabilities(&selection.capabilities)
+                .with_capabilities(&selection.capabilities, None)
                 .filter(|a| selection.matches(a))
                 .cloned()
                 .collect();
@@ -486,6 +309,7 @@ impl View {
     }
 }
 
+mod index;
 #[cfg(test)]
 mod tests;
 mod waiters;

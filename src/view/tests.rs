@@ -19,7 +19,7 @@ fn agent(i: usize) -> Agent {
         agent_type: AgentType::ALL[i % 4],
         capabilities: caps,
         metadata: BTreeMap::from([("zone".to_owned(), format!("z{}", i % 3))]),
-        namespace: "default".into(),
+        namespace: format!("ns{}", i % 4),
         cluster: "local".into(),
         version: "1.0.0".into(),
         endpoint: String::new(),
@@ -53,9 +53,16 @@ fn ranked_discover_equals_brute_force_ranking() {
     for caps in caps_cases {
         for status in Status::ALL {
             for max_results in [1, 5, 50, 1000] {
-                for zone in [None, Some("z1")] {
+                for (zone, namespace) in [
+                    (None, None),
+                    (Some("z1"), None),
+                    (None, Some("ns1")),
+                    (Some("z1"), Some("ns2")),
+                    (None, Some("nowhere")),
+                ] {
                     let mut filter = AgentFilter {
                         status: Some(status),
+                        namespace: namespace.map(str::to_owned),
                         ..AgentFilter::default()
                     };
                     if let Some(zone) = zone {
@@ -71,7 +78,7 @@ fn ranked_discover_equals_brute_force_ranking() {
                     assert_eq!(
                         got,
                         brute_force(&agents, &q),
-                        "{caps:?} {status:?} {max_results} {zone:?}"
+                        "{caps:?} {status:?} {max_results} {zone:?} {namespace:?}"
                     );
                 }
             }
@@ -171,4 +178,44 @@ fn keep_alives_and_reports_keep_every_index_exact() {
         listed_latest,
         "the list order index holds the latest values"
     );
+}
+
+#[test]
+fn an_agent_moving_to_another_namespace_is_found_only_there() {
+    let first = Arc::new(agent(1));
+    let view = View::new();
+    view.reset(Snapshot {
+        revision: 1,
+        agents: vec![first.clone()],
+    });
+    let query = |namespace: &str| DiscoverQuery {
+        capabilities: vec!["all".into()],
+        filter: AgentFilter {
+            namespace: Some(namespace.into()),
+            ..AgentFilter::default()
+        },
+        max_results: 5,
+        strategy: Strategy::Ranked,
+    };
+    assert_eq!(view.discover(&query("ns1")).len(), 1);
+    let moved = Agent {
+        namespace: "ns3".into(),
+        ..(*first).clone()
+    };
+    view.apply(&Change {
+        revision: 2,
+        kind: ChangeKind::Registered,
+        agent: Arc::new(moved),
+        at: 0,
+    });
+    assert!(view.discover(&query("ns1")).is_empty());
+    assert_eq!(view.discover(&query("ns3")).len(), 1);
+    view.apply(&Change {
+        revision: 3,
+        kind: ChangeKind::Deregistered,
+        agent: first,
+        at: 0,
+    });
+    assert!(view.discover(&query("ns3")).is_empty());
+    assert!(view.read().by_namespace.is_empty());
 }
