@@ -150,10 +150,14 @@ impl Index {
         }
     }
 
-    /// The smallest index set holding every agent with all of `caps` (in
-    /// `namespace`, when given); `None` when one of them is empty, so no
-    /// agent can match.
-    fn smallest_set(&self, caps: &[String], namespace: Option<&str>) -> Option<Candidates<'_>> {
+    /// The index sets whose intersection is every agent with all of `caps`
+    /// (in `namespace`, when given), the smallest first; `None` when one of
+    /// them is empty, so no agent can match.
+    fn candidate_sets(
+        &self,
+        caps: &[String],
+        namespace: Option<&str>,
+    ) -> Option<(Candidates<'_>, Vec<&HashSet<AgentId>>)> {
         let (all, by_capability) = match namespace {
             Some(ns) => {
                 let namespace = self.by_namespace.get(ns)?;
@@ -161,14 +165,21 @@ impl Index {
             }
             None => (Candidates::All(&self.agents), &self.by_capability),
         };
-        let mut smallest = all;
+        let mut sets = Vec::with_capacity(caps.len());
         for cap in caps {
-            let set = by_capability.get(cap)?;
-            if set.len() < smallest.len() {
-                smallest = Candidates::Ids(set);
-            }
+            sets.push(by_capability.get(cap)?);
         }
-        Some(smallest)
+        sets.sort_by_key(|set| set.len());
+        match sets.first() {
+            Some(smallest) if smallest.len() <= all.len() => {
+                let smallest = Candidates::Ids(smallest);
+                sets.remove(0);
+                Some((smallest, sets))
+            }
+            // Within a namespace every capability set is inside it: its
+            // own set is only walked when no capability is asked for.
+            _ => Some((all, sets)),
+        }
     }
 
     /// RANKED discover by walking the status partitions in rank order (for
@@ -183,8 +194,8 @@ impl Index {
         let namespace = query.filter.namespace.as_deref();
         let narrowed = !query.capabilities.is_empty() || namespace.is_some();
         let set = self
-            .smallest_set(&query.capabilities, namespace)
-            .map_or(0, |c| c.len());
+            .candidate_sets(&query.capabilities, namespace)
+            .map_or(0, |(smallest, _)| smallest.len());
         if narrowed && set <= SCAN_BELOW {
             return None;
         }
@@ -220,21 +231,22 @@ impl Index {
     }
 
     /// Agents having every capability in `caps` (and in `namespace`, when
-    /// given): walks the smallest index set.
+    /// given): walks the smallest index set, keeping the ids every other
+    /// set holds (hash lookups; only the matches' records are read).
     pub(super) fn with_capabilities<'a>(
         &'a self,
         caps: &'a [String],
         namespace: Option<&str>,
     ) -> Box<dyn Iterator<Item = &'a Arc<Agent>> + 'a> {
-        match self.smallest_set(caps, namespace) {
+        match self.candidate_sets(caps, namespace) {
             None => Box::new(std::iter::empty()),
-            Some(Candidates::All(agents)) => {
+            Some((Candidates::All(agents), _)) => {
                 Box::new(agents.values().filter(move |a| a.has_all(caps)))
             }
-            Some(Candidates::Ids(ids)) => Box::new(
+            Some((Candidates::Ids(ids), others)) => Box::new(
                 ids.iter()
-                    .filter_map(|id| self.agents.get(id))
-                    .filter(move |a| a.has_all(caps)),
+                    .filter(move |id| others.iter().all(|set| set.contains(*id)))
+                    .filter_map(|id| self.agents.get(id)),
             ),
         }
     }
