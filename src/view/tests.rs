@@ -51,7 +51,7 @@ fn ranked_discover_equals_brute_force_ranking() {
     });
     let caps_cases: [&[&str]; 5] = [&[], &["all"], &["c3"], &["rare"], &["c3", "all"]];
     for caps in caps_cases {
-        for status in Status::ALL {
+        for status in Status::ALL.map(Some).into_iter().chain([None]) {
             for max_results in [1, 5, 50, 1000] {
                 for (zone, namespace) in [
                     (None, None),
@@ -61,7 +61,7 @@ fn ranked_discover_equals_brute_force_ranking() {
                     (None, Some("nowhere")),
                 ] {
                     let mut filter = AgentFilter {
-                        status: Some(status),
+                        status,
                         namespace: namespace.map(str::to_owned),
                         ..AgentFilter::default()
                     };
