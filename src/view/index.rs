@@ -170,16 +170,12 @@ impl Index {
             sets.push(by_capability.get(cap)?);
         }
         sets.sort_by_key(|set| set.len());
-        match sets.first() {
-            Some(smallest) if smallest.len() <= all.len() => {
-                let smallest = Candidates::Ids(smallest);
-                sets.remove(0);
-                Some((smallest, sets))
-            }
-            // Within a namespace every capability set is inside it: its
-            // own set is only walked when no capability is asked for.
-            _ => Some((all, sets)),
+        if sets.is_empty() {
+            return Some((all, sets));
         }
+        // Within a namespace, every capability set lies inside it.
+        let smallest = Candidates::Ids(sets.remove(0));
+        Some((smallest, sets))
     }
 
     /// RANKED discover by walking the status partitions in rank order (for

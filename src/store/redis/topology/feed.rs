@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 
 use super::{CONNECT_TIMEOUT, FEED_BUFFER, Mode, Topology, cluster::builder};
-use crate::{domain::Result, store::redis::classify};
+use crate::{domain::Result, store::redis::classify, sync};
 
 impl Topology {
     /// Opens the feed's connection: a subscriber on the primary (on the
@@ -38,7 +38,7 @@ impl Topology {
             Mode::Sentinel { current, .. } => {
                 let client = self.sentinel_primary().await?;
                 let (sink, stream) = pubsub(&client).await?;
-                let known = current.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let known = sync::read(current).clone();
                 if let Some((_, primary)) = known {
                     primary.reconnect().await;
                 }

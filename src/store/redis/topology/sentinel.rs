@@ -17,7 +17,7 @@ use super::{
     CONNECT_TIMEOUT, Endpoints, MAX_BACKOFF, Mode, SentinelEndpoints, Topology,
     connection::Primary, unavailable,
 };
-use crate::{domain::Result, store::redis::classify};
+use crate::{domain::Result, store::redis::classify, sync};
 
 pub(super) fn client(
     s: &SentinelEndpoints,
@@ -70,7 +70,7 @@ impl Topology {
         else {
             return Err(unavailable("not a Sentinel topology"));
         };
-        let known = || current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let known = || sync::read(current).clone();
         if let Some(known) = known() {
             return Ok(known);
         }
@@ -92,7 +92,7 @@ impl Topology {
             generation.fetch_add(1, Ordering::AcqRel) + 1,
             Arc::new(primary),
         );
-        *current.write().unwrap_or_else(|p| p.into_inner()) = Some(resolved.clone());
+        *sync::write(current) = Some(resolved.clone());
         tracing::info!(
             primary = %client.get_connection_info().addr(),
             "primary resolved through Sentinel"
@@ -104,7 +104,7 @@ impl Topology {
     /// gone: the next call resolves again (a later resolution is kept).
     pub(super) fn forget(&self, generation: u64) {
         if let Some(Mode::Sentinel { current, .. }) = self.mode.get() {
-            let mut current = current.write().unwrap_or_else(|p| p.into_inner());
+            let mut current = sync::write(current);
             if current.as_ref().is_some_and(|(g, _)| *g == generation) {
                 *current = None;
             }
@@ -114,7 +114,7 @@ impl Topology {
     /// Every connection must find the primary again.
     pub(super) fn switched(&self) {
         if let Some(Mode::Sentinel { current, .. }) = self.mode.get() {
-            *current.write().unwrap_or_else(|p| p.into_inner()) = None;
+            *sync::write(current) = None;
         }
         self.switches.send_modify(|n| *n += 1);
     }
