@@ -358,3 +358,14 @@ fn passwords_are_redacted() {
     );
     assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
 }
+
+#[test]
+fn the_http_port_defaults_to_8080_zero_picks_one_and_none_turns_it_off() {
+    let port = |args: &[&str]| settings(args, &[]).unwrap().http_addr.map(|a| a.port());
+    assert_eq!(port(&[]), Some(8080));
+    assert_eq!(port(&["--http-port", "0"]), Some(0));
+    assert_eq!(port(&["--http-port", "8081"]), Some(8081));
+    assert_eq!(port(&["--http-port", "none"]), None);
+    assert_eq!(port(&["--http-port", "NONE"]), None);
+    assert!(parse(&["--http-port", "nowhere"]).is_err());
+}
