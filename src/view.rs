@@ -98,7 +98,7 @@ impl View {
 
     /// Number of agents.
     pub fn len(&self) -> usize {
-        self.read().agents.len()
+        self.read().len()
     }
 
     /// Whether the view holds no agent.
@@ -116,16 +116,11 @@ impl View {
     pub fn capabilities(&self) -> Vec<CapabilityUse> {
         let index = self.read();
         let mut catalog: Vec<CapabilityUse> = index
-            .by_capability
-            .iter()
-            .map(|(name, ids)| CapabilityUse {
-                name: name.clone(),
-                agents: ids.len(),
-                healthy: ids
-                    .iter()
-                    .filter_map(|id| index.agents.get(id))
-                    .filter(|a| a.status == Status::Healthy)
-                    .count(),
+            .capability_counts()
+            .map(|c| CapabilityUse {
+                name: c.name.to_owned(),
+                agents: usize::try_from(c.agents).unwrap_or(usize::MAX),
+                healthy: usize::try_from(c.healthy).unwrap_or(usize::MAX),
             })
             .collect();
         drop(index);
@@ -185,7 +180,7 @@ impl View {
     /// one; the feed checks) and offers it to matching watchers.
     pub fn apply(&self, change: &Change) {
         let mut index = self.write();
-        let previous = index.agents.get(&change.agent.id).cloned();
+        let previous = index.get(&change.agent.id).cloned();
         if change.kind.is_removal() {
             index.remove(change.agent.id);
         } else {
@@ -206,8 +201,7 @@ impl View {
     /// Every agent with an active health check (the prober's work list).
     pub fn with_checks(&self) -> Vec<Arc<Agent>> {
         self.read()
-            .agents
-            .values()
+            .agents()
             .filter(|a| a.health_check.is_some())
             .cloned()
             .collect()
@@ -215,7 +209,7 @@ impl View {
 
     /// One agent.
     pub fn get(&self, id: AgentId) -> Option<Arc<Agent>> {
-        self.read().agents.get(&id).cloned()
+        self.read().get(&id).cloned()
     }
 
     /// Agents matching `filter` in list order after `after`, at most `limit`
@@ -253,10 +247,8 @@ impl View {
             _ => 0,
         };
         let index = self.read();
-        if let (Strategy::Ranked, Some(status)) = (query.strategy, query.filter.status)
-            && let Some(found) = index.discover_by_rank(query, status)
-        {
-            return found;
+        if let (Strategy::Ranked, Some(status)) = (query.strategy, query.filter.status) {
+            return index.discover_ranked(query, status);
         }
         let candidates: Vec<&Arc<Agent>> = index
             .with_capabilities(&query.capabilities, query.filter.namespace.as_deref())

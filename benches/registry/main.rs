@@ -28,6 +28,7 @@ mod load;
 mod population;
 mod procs;
 mod report;
+mod steps;
 mod watch;
 mod workloads;
 
@@ -43,6 +44,7 @@ use load::{Failures, Throughput, connect_many};
 use population::{Population, Query};
 use procs::{Redis, Server};
 use report::render;
+use steps::Steps;
 use watch::{Watch, WatchPlan};
 use workloads::{Discover, Kind, Target};
 
@@ -229,6 +231,7 @@ fn machine() -> String {
 }
 
 async fn run(sizes: Sizes) {
+    let steps = Steps::from_env();
     let mut report = Report {
         sizes,
         started: Instant::now(),
@@ -276,7 +279,7 @@ async fn run(sizes: Sizes) {
     // Throughput rounds alternate between the servers, so that a slow
     // moment of the shared machine does not fall on one server only.
     let mut rounds: HashMap<Kind, Vec<Throughput>> = HashMap::new();
-    for round in 1..=ROUNDS {
+    for round in (1..=ROUNDS).filter(|_| steps.runs("heartbeat")) {
         for t in &targets {
             let step = format!(
                 "heartbeat ({hb} agents, {} calls), round {round}/{ROUNDS}",
@@ -339,11 +342,11 @@ async fn run(sizes: Sizes) {
         report.column(t.kind).bytes_per_agent =
             report.record("RSS per agent", t.kind.label(), per_agent);
     }
-    for t in &targets {
+    for t in targets.iter().filter(|_| steps.runs("list")) {
         let r = workloads::list(t, sizes.list_calls, CONCURRENCY, Duration::from_secs(60)).await;
         report.column(t.kind).list = report.throughput("list (page of 100)", t.kind, r);
     }
-    for t in &targets {
+    for t in targets.iter().filter(|_| steps.runs("discover")) {
         let step = format!("discover ({} agents, one at a time)", t.population());
         let r =
             workloads::discover(t, &queries, sizes.discover_warmup, Duration::from_secs(120)).await;
@@ -370,7 +373,8 @@ async fn run(sizes: Sizes) {
         pace: Duration::from_millis(200),
         base: 2_000_000_000,
     };
-    for (plan, is_many) in [(few, false), (many, true)] {
+    let plans = [(few, false), (many, true)];
+    for (plan, is_many) in plans.into_iter().filter(|_| steps.runs("watch")) {
         for t in &targets {
             let step = format!(
                 "watch ({} watchers × {} changes)",
@@ -386,7 +390,10 @@ async fn run(sizes: Sizes) {
             }
         }
     }
-    for t in targets.iter().filter(|t| t.kind != Kind::Ceiling) {
+    for t in targets
+        .iter()
+        .filter(|t| t.kind != Kind::Ceiling && steps.runs("history"))
+    {
         let url = (t.kind == Kind::Redis)
             .then(|| redis.as_ref().map(|r| r.url.as_str()))
             .flatten();
@@ -418,7 +425,7 @@ async fn run(sizes: Sizes) {
         });
     // Only the fresh replica runs from here on.
     drop(targets);
-    if let (Some(redis), Some(probe)) = (&redis, probe) {
+    if let (Some(redis), Some(probe), true) = (&redis, probe, steps.runs("load")) {
         let r = history::view_load(&redis.url, dir.path(), &probe).await;
         report.load = report.record("view load (fresh Redis-backed replica)", "Redis store", r);
         let expected = report.populations.get(&Kind::Redis).copied().unwrap_or(0) as u64;

@@ -66,6 +66,12 @@ impl AgentFilter {
                 })
     }
 
+    /// Whether a filter is set that only the record can answer (`cluster`,
+    /// `version`, metadata): type, namespace and status are indexed.
+    pub fn has_record_filters(&self) -> bool {
+        self.cluster.is_some() || self.version.is_some() || !self.metadata.is_empty()
+    }
+
     /// A stable fingerprint of the filter, bound into page tokens so a token
     /// cannot be replayed with other filters.
     fn fingerprint(&self) -> [u8; 8] {

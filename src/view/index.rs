@@ -1,43 +1,70 @@
-//! The view's index: every agent by id, by capability, by namespace (and
-//! capability within it), in list order, and per status in rank order.
+//! The view's index: every agent by id, in a numbered slot; roaring bitmaps
+//! of those slots by capability, namespace, type and status (a query's
+//! candidates are their intersection, computed over compressed sets rather
+//! than by hash lookups per agent); every agent in list order; and per
+//! status, in rank order.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
     sync::Arc,
 };
 
+use roaring::RoaringBitmap;
+
 use crate::domain::{
     Agent, AgentId, AgentType, Revision, Status,
-    query::{DiscoverQuery, ListKey, RankKey, list_key},
+    query::{DiscoverQuery, ListKey, RankKey, Strategy, list_key, order_discovered},
 };
 
 #[derive(Debug, Default)]
 pub(super) struct Index {
     pub(super) revision: Revision,
-    pub(super) agents: HashMap<AgentId, Arc<Agent>>,
-    pub(super) by_capability: HashMap<String, HashSet<AgentId>>,
+    /// Each agent's slot: its number in every bitmap.
+    slot_of: HashMap<AgentId, u32>,
+    /// The agent in each slot; a freed slot is reused.
+    slots: Vec<Option<Arc<Agent>>>,
+    free: Vec<u32>,
+    by_capability: HashMap<String, RoaringBitmap>,
+    pub(super) by_namespace: HashMap<String, RoaringBitmap>,
+    by_type: HashMap<AgentType, RoaringBitmap>,
+    by_status: [RoaringBitmap; 3],
     pub(super) by_list_order: BTreeMap<ListKey, Arc<Agent>>,
-    /// Per status, every agent in RANKED order: a ranked discover walks its
-    /// status's partition and stops after `max_results` matches.
-    pub(super) by_rank: [BTreeMap<RankKey, Arc<Agent>>; 3],
+    /// Per status, every agent's slot in RANKED order: a ranked discover
+    /// with many candidates walks its status's partition and stops after
+    /// `max_results` matches.
+    by_rank: [BTreeMap<RankKey, u32>; 3],
     /// Agents per (type, status), for the population gauges.
     pub(super) population: HashMap<(AgentType, Status), usize>,
-    /// Per namespace, its agents, also by capability: a query filtered by
-    /// namespace walks the smallest set inside it (two popular
-    /// capabilities within one namespace were the discover tail).
-    pub(super) by_namespace: HashMap<String, Namespace>,
 }
 
-/// One namespace's agents.
-#[derive(Debug, Default)]
-pub(super) struct Namespace {
-    all: HashSet<AgentId>,
-    by_capability: HashMap<String, HashSet<AgentId>>,
+/// One capability of the catalog: its name, how many agents have it and
+/// how many of those are HEALTHY.
+pub(super) struct CapabilityCount<'a> {
+    pub(super) name: &'a str,
+    pub(super) agents: u64,
+    pub(super) healthy: u64,
 }
 
-/// A ranked discover whose smallest capability set is at most this big
-/// scans that set instead of walking the rank order.
-const SCAN_BELOW: usize = 256;
+/// A ranked discover group with at most this many candidates ranks them
+/// all; one with more walks the rank order, where about one entry in
+/// (partition / candidates) is a candidate. Both cost about the same here,
+/// so neither ever reads more than a few hundred records per result.
+const RANK_ALL_BELOW: u64 = 512;
+
+/// A rank walk visiting this many entries (or passing this many
+/// candidates that other filters reject) without filling the answer falls
+/// back to ranking every candidate: it bounds a walk whose candidates all
+/// rank low or whose `cluster`/`version`/metadata filter rejects most.
+const WALK_BUDGET: usize = 4096;
+
+/// Which slots a query can match.
+enum Selection<'a> {
+    /// Every agent: no capability, namespace or type restriction.
+    All,
+    /// Only these (possibly none).
+    Slots(Cow<'a, RoaringBitmap>),
+}
 
 // === impl Index ===
 
@@ -50,99 +77,136 @@ pub(super) fn rank_slot(status: Status) -> usize {
 }
 
 impl Index {
+    /// Number of agents.
+    pub(super) fn len(&self) -> usize {
+        self.slot_of.len()
+    }
+
+    /// One agent.
+    pub(super) fn get(&self, id: &AgentId) -> Option<&Arc<Agent>> {
+        self.slot_of.get(id).and_then(|&slot| self.slot(slot))
+    }
+
+    /// Every agent, in no particular order.
+    pub(super) fn agents(&self) -> impl Iterator<Item = &Arc<Agent>> {
+        self.slots.iter().flatten()
+    }
+
+    /// Every capability some agent has, in no particular order.
+    pub(super) fn capability_counts(&self) -> impl Iterator<Item = CapabilityCount<'_>> {
+        let healthy = &self.by_status[rank_slot(Status::Healthy)];
+        self.by_capability
+            .iter()
+            .map(move |(name, slots)| CapabilityCount {
+                name,
+                agents: slots.len(),
+                healthy: slots.intersection_len(healthy),
+            })
+    }
+
+    fn slot(&self, slot: u32) -> Option<&Arc<Agent>> {
+        self.slots.get(slot as usize).and_then(Option::as_ref)
+    }
+
     pub(super) fn insert(&mut self, agent: Arc<Agent>) {
-        if let Some(old) = self.agents.get(&agent.id).cloned() {
-            if old.capabilities == agent.capabilities
-                && old.namespace == agent.namespace
-                && old.agent_type == agent.agent_type
-                && old.status == agent.status
-                && list_key(&old) == list_key(&agent)
-            {
-                // The common case (a keep-alive, a telemetry report): only
-                // the rank position may move; every other index holds the
-                // same key and just gets the new value.
-                self.replace(&old, agent);
-                return;
-            }
-            self.agents.remove(&agent.id);
-            self.unindex(&old);
+        let Some(&slot) = self.slot_of.get(&agent.id) else {
+            let slot = self.allocate();
+            self.slot_of.insert(agent.id, slot);
+            self.index(slot, agent);
+            return;
+        };
+        let Some(old) = self.slot(slot).cloned() else {
+            self.index(slot, agent);
+            return;
+        };
+        if old.capabilities == agent.capabilities
+            && old.namespace == agent.namespace
+            && old.agent_type == agent.agent_type
+            && old.status == agent.status
+            && list_key(&old) == list_key(&agent)
+        {
+            // The common case (a keep-alive, a telemetry report): only the
+            // rank position may move; every other index holds the same key.
+            self.replace(slot, &old, agent);
+            return;
         }
+        self.unindex(slot, &old);
+        self.index(slot, agent);
+    }
+
+    pub(super) fn remove(&mut self, id: AgentId) {
+        let Some(slot) = self.slot_of.remove(&id) else {
+            return;
+        };
+        if let Some(old) = self.slots.get_mut(slot as usize).and_then(Option::take) {
+            self.unindex(slot, &old);
+        }
+        self.free.push(slot);
+    }
+
+    /// A free slot. Slots are `u32`, as roaring bitmaps hold them: the
+    /// process runs out of memory long before it holds 2³² agents.
+    fn allocate(&mut self) -> u32 {
+        if let Some(slot) = self.free.pop() {
+            return slot;
+        }
+        let slot = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+        self.slots.push(None);
+        slot
+    }
+
+    /// Puts `agent` in `slot` and in every secondary index.
+    fn index(&mut self, slot: u32, agent: Arc<Agent>) {
         for cap in &agent.capabilities {
-            self.by_capability
-                .entry(cap.clone())
-                .or_default()
-                .insert(agent.id);
+            insert_into(&mut self.by_capability, cap, slot);
         }
-        let namespace = self
-            .by_namespace
-            .entry(agent.namespace.clone())
-            .or_default();
-        namespace.all.insert(agent.id);
-        for cap in &agent.capabilities {
-            namespace
-                .by_capability
-                .entry(cap.clone())
-                .or_default()
-                .insert(agent.id);
-        }
+        insert_into(&mut self.by_namespace, &agent.namespace, slot);
+        self.by_type
+            .entry(agent.agent_type)
+            .or_default()
+            .insert(slot);
+        self.by_status[rank_slot(agent.status)].insert(slot);
         self.by_list_order.insert(list_key(&agent), agent.clone());
-        self.by_rank[rank_slot(agent.status)].insert(RankKey::of(&agent), agent.clone());
+        self.by_rank[rank_slot(agent.status)].insert(RankKey::of(&agent), slot);
         *self
             .population
             .entry((agent.agent_type, agent.status))
             .or_insert(0) += 1;
-        self.agents.insert(agent.id, agent);
+        if let Some(entry) = self.slots.get_mut(slot as usize) {
+            *entry = Some(agent);
+        }
     }
 
-    /// Puts `agent` in the place of `old`, whose capabilities, namespace,
-    /// type, status and list key are the same.
-    fn replace(&mut self, old: &Agent, agent: Arc<Agent>) {
-        if let Some(slot) = self.by_list_order.get_mut(&list_key(&agent)) {
-            *slot = agent.clone();
+    /// Puts `agent` in the place of `old` (in `slot`), whose capabilities,
+    /// namespace, type, status and list key are the same.
+    fn replace(&mut self, slot: u32, old: &Agent, agent: Arc<Agent>) {
+        if let Some(entry) = self.by_list_order.get_mut(&list_key(&agent)) {
+            *entry = agent.clone();
         }
-        let ranks = &mut self.by_rank[rank_slot(agent.status)];
         let (before, after) = (RankKey::of(old), RankKey::of(&agent));
-        if before == after {
-            if let Some(slot) = ranks.get_mut(&after) {
-                *slot = agent.clone();
-            }
-        } else {
+        if before != after {
+            let ranks = &mut self.by_rank[rank_slot(agent.status)];
             ranks.remove(&before);
-            ranks.insert(after, agent.clone());
+            ranks.insert(after, slot);
         }
-        self.agents.insert(agent.id, agent);
-    }
-
-    pub(super) fn remove(&mut self, id: AgentId) {
-        if let Some(old) = self.agents.remove(&id) {
-            self.unindex(&old);
+        if let Some(entry) = self.slots.get_mut(slot as usize) {
+            *entry = Some(agent);
         }
     }
 
-    /// Drops `old` from every secondary index (not from `agents`).
-    fn unindex(&mut self, old: &Agent) {
+    /// Drops `old` (in `slot`) from every secondary index.
+    fn unindex(&mut self, slot: u32, old: &Agent) {
         for cap in &old.capabilities {
-            if let Some(ids) = self.by_capability.get_mut(cap) {
-                ids.remove(&old.id);
-                if ids.is_empty() {
-                    self.by_capability.remove(cap);
-                }
+            remove_from(&mut self.by_capability, cap, slot);
+        }
+        remove_from(&mut self.by_namespace, &old.namespace, slot);
+        if let Some(slots) = self.by_type.get_mut(&old.agent_type) {
+            slots.remove(slot);
+            if slots.is_empty() {
+                self.by_type.remove(&old.agent_type);
             }
         }
-        if let Some(namespace) = self.by_namespace.get_mut(&old.namespace) {
-            namespace.all.remove(&old.id);
-            for cap in &old.capabilities {
-                if let Some(ids) = namespace.by_capability.get_mut(cap) {
-                    ids.remove(&old.id);
-                    if ids.is_empty() {
-                        namespace.by_capability.remove(cap);
-                    }
-                }
-            }
-            if namespace.all.is_empty() {
-                self.by_namespace.remove(&old.namespace);
-            }
-        }
+        self.by_status[rank_slot(old.status)].remove(slot);
         self.by_list_order.remove(&list_key(old));
         self.by_rank[rank_slot(old.status)].remove(&RankKey::of(old));
         if let Some(n) = self.population.get_mut(&(old.agent_type, old.status)) {
@@ -150,76 +214,134 @@ impl Index {
         }
     }
 
-    /// The index sets whose intersection is every agent with all of `caps`
-    /// (in `namespace`, when given), the smallest first; `None` when one of
-    /// them is empty, so no agent can match.
-    fn candidate_sets(
+    /// The slots of the agents with all of `caps`, in `namespace` and of
+    /// `agent_type` (each when given): the intersection of their bitmaps,
+    /// the smallest first.
+    fn select(
         &self,
         caps: &[String],
         namespace: Option<&str>,
-    ) -> Option<(Candidates<'_>, Vec<&HashSet<AgentId>>)> {
-        let (all, by_capability) = match namespace {
-            Some(ns) => {
-                let namespace = self.by_namespace.get(ns)?;
-                (Candidates::Ids(&namespace.all), &namespace.by_capability)
-            }
-            None => (Candidates::All(&self.agents), &self.by_capability),
-        };
-        let mut sets = Vec::with_capacity(caps.len());
+        agent_type: Option<AgentType>,
+    ) -> Selection<'_> {
+        let none = || Selection::Slots(Cow::Owned(RoaringBitmap::new()));
+        let mut sets = Vec::with_capacity(caps.len() + 2);
         for cap in caps {
-            sets.push(by_capability.get(cap)?);
+            match self.by_capability.get(cap) {
+                Some(slots) => sets.push(slots),
+                None => return none(),
+            }
         }
-        sets.sort_by_key(|set| set.len());
-        if sets.is_empty() {
-            return Some((all, sets));
+        if let Some(ns) = namespace {
+            match self.by_namespace.get(ns) {
+                Some(slots) => sets.push(slots),
+                None => return none(),
+            }
         }
-        // Within a namespace, every capability set lies inside it.
-        let smallest = Candidates::Ids(sets.remove(0));
-        Some((smallest, sets))
+        if let Some(t) = agent_type {
+            match self.by_type.get(&t) {
+                Some(slots) => sets.push(slots),
+                None => return none(),
+            }
+        }
+        sets.sort_by_key(|slots| slots.len());
+        let mut sets = sets.into_iter();
+        let Some(smallest) = sets.next() else {
+            return Selection::All;
+        };
+        let mut selected = Cow::Borrowed(smallest);
+        for other in sets {
+            if selected.is_empty() {
+                break;
+            }
+            selected = Cow::Owned(selected.as_ref() & other);
+        }
+        Selection::Slots(selected)
     }
 
-    /// RANKED discover by walking the status partitions in rank order (for
-    /// `HEALTHY`, the HEALTHY partition, then the DEGRADED fallback), when
-    /// matches are dense enough for that to beat scanning the capability
-    /// set. `None`: the walk would not pay off (or exceeded its budget).
-    pub(super) fn discover_by_rank(
-        &self,
-        query: &DiscoverQuery,
-        status: Status,
-    ) -> Option<Vec<Arc<Agent>>> {
-        let namespace = query.filter.namespace.as_deref();
-        let narrowed = !query.capabilities.is_empty() || namespace.is_some();
-        let set = self
-            .candidate_sets(&query.capabilities, namespace)
-            .map_or(0, |(smallest, _)| smallest.len());
-        if narrowed && set <= SCAN_BELOW {
-            return None;
-        }
-        // Visiting more than twice the candidate set means the matches are
-        // sparse in this partition: scanning the set is cheaper.
-        let budget = if narrowed {
-            set.saturating_mul(2)
-        } else {
-            usize::MAX
-        };
+    /// RANKED discover: for `HEALTHY`, the HEALTHY group, then the DEGRADED
+    /// fallback; otherwise that status only. Each group's candidates are
+    /// the selection's bitmap within the status's; few are ranked whole,
+    /// many are found by walking the status's rank order.
+    pub(super) fn discover_ranked(&self, query: &DiscoverQuery, status: Status) -> Vec<Arc<Agent>> {
+        let filter = &query.filter;
+        let selection = self.select(
+            &query.capabilities,
+            filter.namespace.as_deref(),
+            filter.agent_type,
+        );
         let groups: &[Status] = match status {
             Status::Healthy => &[Status::Healthy, Status::Degraded],
             Status::Degraded => &[Status::Degraded],
             Status::Unhealthy => &[Status::Unhealthy],
         };
-        let mut out = Vec::with_capacity(query.max_results);
-        let mut visited = 0usize;
+        // The selection answered type and namespace, the group the status.
+        let passes = |a: &Agent| !filter.has_record_filters() || filter.matches_except_status(a);
+        let mut out = Vec::with_capacity(query.max_results.min(64));
         for group in groups {
-            for agent in self.by_rank[rank_slot(*group)].values() {
-                if visited >= budget {
-                    return None;
-                }
-                visited += 1;
-                if agent.has_all(&query.capabilities) && query.filter.matches_except_status(agent) {
-                    out.push(agent.clone());
-                    if out.len() == query.max_results {
-                        return Some(out);
-                    }
+            let room = query.max_results.saturating_sub(out.len());
+            if room == 0 {
+                break;
+            }
+            let in_status = &self.by_status[rank_slot(*group)];
+            let count = match &selection {
+                Selection::All => in_status.len(),
+                Selection::Slots(slots) => slots.intersection_len(in_status),
+            };
+            if count == 0 {
+                continue;
+            }
+            let selected = match &selection {
+                Selection::All => None,
+                Selection::Slots(slots) => Some(slots.as_ref()),
+            };
+            if count > RANK_ALL_BELOW
+                && let Some(found) = self.walk_ranks(*group, selected, query, room)
+            {
+                out.extend(found);
+                continue;
+            }
+            let candidates = match selected {
+                None => Cow::Borrowed(in_status),
+                Some(slots) => Cow::Owned(slots & in_status),
+            };
+            let matching: Vec<&Arc<Agent>> = candidates
+                .iter()
+                .filter_map(|slot| self.slot(slot))
+                .filter(|a| passes(a))
+                .collect();
+            out.extend(
+                order_discovered(matching, Strategy::Ranked, room, 0)
+                    .into_iter()
+                    .cloned(),
+            );
+        }
+        out
+    }
+
+    /// The first `room` agents of `group`'s rank order whose slot is
+    /// `selected` (any, when `None`) and which pass the query's other
+    /// filters; `None` when the walk exceeded [`WALK_BUDGET`] first.
+    fn walk_ranks(
+        &self,
+        group: Status,
+        selected: Option<&RoaringBitmap>,
+        query: &DiscoverQuery,
+        room: usize,
+    ) -> Option<Vec<Arc<Agent>>> {
+        let mut out = Vec::with_capacity(room);
+        for (visited, &slot) in self.by_rank[rank_slot(group)].values().enumerate() {
+            if visited >= WALK_BUDGET {
+                return None;
+            }
+            if selected.is_some_and(|slots| !slots.contains(slot)) {
+                continue;
+            }
+            if let Some(agent) = self.slot(slot)
+                && (!query.filter.has_record_filters() || query.filter.matches_except_status(agent))
+            {
+                out.push(agent.clone());
+                if out.len() == room {
+                    break;
                 }
             }
         }
@@ -227,41 +349,40 @@ impl Index {
     }
 
     /// Agents having every capability in `caps` (and in `namespace`, when
-    /// given): walks the smallest index set, keeping the ids every other
-    /// set holds (hash lookups; only the matches' records are read).
+    /// given), in no particular order: only the matches' records are read.
     pub(super) fn with_capabilities<'a>(
         &'a self,
         caps: &'a [String],
         namespace: Option<&str>,
     ) -> Box<dyn Iterator<Item = &'a Arc<Agent>> + 'a> {
-        match self.candidate_sets(caps, namespace) {
-            None => Box::new(std::iter::empty()),
-            Some((Candidates::All(agents), _)) => {
-                Box::new(agents.values().filter(move |a| a.has_all(caps)))
+        match self.select(caps, namespace, None) {
+            Selection::All => Box::new(self.agents()),
+            Selection::Slots(Cow::Borrowed(slots)) => {
+                Box::new(slots.iter().filter_map(|slot| self.slot(slot)))
             }
-            Some((Candidates::Ids(ids), others)) => Box::new(
-                ids.iter()
-                    .filter(move |id| others.iter().all(|set| set.contains(*id)))
-                    .filter_map(|id| self.agents.get(id)),
-            ),
+            Selection::Slots(Cow::Owned(slots)) => {
+                Box::new(slots.into_iter().filter_map(|slot| self.slot(slot)))
+            }
         }
     }
 }
 
-/// The set a query walks.
-#[derive(Clone, Copy)]
-enum Candidates<'a> {
-    /// Every agent.
-    All(&'a HashMap<AgentId, Arc<Agent>>),
-    /// The agents of one index set.
-    Ids(&'a HashSet<AgentId>),
+fn insert_into(sets: &mut HashMap<String, RoaringBitmap>, key: &str, slot: u32) {
+    match sets.get_mut(key) {
+        Some(slots) => {
+            slots.insert(slot);
+        }
+        None => {
+            sets.insert(key.to_owned(), RoaringBitmap::from_iter([slot]));
+        }
+    }
 }
 
-impl Candidates<'_> {
-    fn len(&self) -> usize {
-        match self {
-            Self::All(agents) => agents.len(),
-            Self::Ids(ids) => ids.len(),
+fn remove_from(sets: &mut HashMap<String, RoaringBitmap>, key: &str, slot: u32) {
+    if let Some(slots) = sets.get_mut(key) {
+        slots.remove(slot);
+        if slots.is_empty() {
+            sets.remove(key);
         }
     }
 }

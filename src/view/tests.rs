@@ -86,6 +86,54 @@ fn ranked_discover_equals_brute_force_ranking() {
     }
 }
 
+/// Candidates too many to rank whole but all at the bottom of the rank
+/// order (and a filter that rejects most of them): the rank walk gives up
+/// after its budget and every candidate is ranked instead, with the same
+/// answer.
+#[test]
+fn a_rank_walk_over_budget_falls_back_to_ranking_every_candidate() {
+    let agents: Vec<Arc<Agent>> = (0..12_000)
+        .map(|i| {
+            let mut a = agent(i);
+            // The lowest HEALTHY success rates, with executions.
+            if (50..57).contains(&(i % 100)) && !i.is_multiple_of(7) {
+                a.capabilities.push("tail".into());
+            }
+            Arc::new(a)
+        })
+        .collect();
+    let tail = agents
+        .iter()
+        .filter(|a| a.has_all(&["tail".to_owned()]) && a.status == Status::Healthy)
+        .count();
+    assert!(tail > 512, "{tail} candidates: the walk must be tried");
+    let view = View::new();
+    view.reset(Snapshot {
+        revision: 1,
+        agents: agents.clone(),
+    });
+    for zone in [None, Some("z1")] {
+        for max_results in [1, 5, 700] {
+            let mut filter = AgentFilter {
+                status: Some(Status::Healthy),
+                ..AgentFilter::default()
+            };
+            if let Some(zone) = zone {
+                filter.metadata.insert("zone".into(), zone.into());
+            }
+            let q = DiscoverQuery {
+                capabilities: vec!["tail".into()],
+                filter,
+                max_results,
+                strategy: Strategy::Ranked,
+            };
+            let got: Vec<AgentId> = view.discover(&q).iter().map(|a| a.id).collect();
+            assert!(!got.is_empty());
+            assert_eq!(got, brute_force(&agents, &q), "{zone:?} {max_results}");
+        }
+    }
+}
+
 #[test]
 fn changes_move_agents_between_rank_partitions() {
     let view = View::new();
