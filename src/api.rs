@@ -345,8 +345,7 @@ impl<S: Store> Registry<S> {
         if agent_id.is_some_and(|id| self.view.get(id).is_some()) {
             return Ok(());
         }
-        let registered: usize = self.view.population().values().sum();
-        if registered >= self.policy.max_agents {
+        if self.view.len() >= self.policy.max_agents {
             return Err(Error::ResourceExhausted(format!(
                 "the registry holds its maximum of {} agents (--max-agents)",
                 self.policy.max_agents

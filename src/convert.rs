@@ -164,7 +164,7 @@ pub fn registration(req: &mut pb::RegisterRequest, ttl: &TtlPolicy) -> Result<Re
     let mut registration = Registration {
         agent_type: required_agent_type(req.agent_type)?,
         capabilities: validate::capabilities(std::mem::take(&mut req.capabilities), true)?,
-        metadata: validate::metadata("metadata", std::mem::take(&mut req.metadata))?,
+        metadata: validate::metadata("metadata", std::mem::take(&mut req.metadata))?.into(),
         namespace: validate::label("namespace", std::mem::take(&mut req.namespace), "default")?,
         cluster: validate::label("cluster", std::mem::take(&mut req.cluster), "local")?,
         version: validate::label("version", std::mem::take(&mut req.version), "1.0.0")?,

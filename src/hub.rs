@@ -134,7 +134,6 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
     use crate::domain::{AgentId, AgentType, Status, agent::Registration};
@@ -143,7 +142,7 @@ mod tests {
         let reg = Registration {
             agent_type: AgentType::Worker,
             capabilities: vec!["a".into()],
-            metadata: BTreeMap::new(),
+            metadata: crate::domain::Labels::new(),
             namespace: namespace.into(),
             cluster: "local".into(),
             version: "1.0.0".into(),

@@ -1,9 +1,10 @@
 //! `REGISTRY_BENCH_ONLY`: which workloads a run measures, for a quick look
 //! at one of them (`REGISTRY_BENCH_ONLY=discover make bench`). Registering
-//! the population always runs: every later step needs it.
+//! the population always runs (`register` names it alone): every later
+//! step needs it.
 
 /// Every workload the variable can name.
-pub const ALL: [&str; 6] = ["heartbeat", "list", "discover", "watch", "history", "load"];
+pub const ALL: [&str; 7] = ["register", "heartbeat", "list", "discover", "watch", "history", "load"];
 
 /// The workloads of this run.
 pub struct Steps(Option<Vec<String>>);

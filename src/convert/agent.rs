@@ -84,8 +84,8 @@ pub fn agent_from_wire(id: AgentId, info: pb::AgentInfo) -> Option<Agent> {
     })
 }
 
-fn to_map(m: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
-    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+fn to_map<'a>(m: impl IntoIterator<Item = (&'a String, &'a String)>) -> HashMap<String, String> {
+    m.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// The wire name of a change kind (keep-alives, never sent, read as

@@ -2,7 +2,7 @@
 //! heartbeats and the overdue transition, plus the status rule (BEHAVIOUR.md
 //! §4). Stores call these so every store applies the same rules.
 
-use std::collections::BTreeMap;
+use super::Labels;
 
 use super::{
     AgentId, AgentType, Millis, Revision, Status,
@@ -49,7 +49,7 @@ pub struct Registration {
     /// Distinct capabilities, in the order first given.
     pub capabilities: Vec<String>,
     /// Free-form labels.
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: Labels,
     /// Namespace (`default` when none was given).
     pub namespace: String,
     /// Cluster (`local` when none was given).
@@ -102,7 +102,7 @@ pub struct Agent {
     /// Distinct capabilities.
     pub capabilities: Vec<String>,
     /// Labels.
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: Labels,
     /// Last reported telemetry (zeros when none was ever given).
     pub telemetry: Telemetry,
     /// Current status (UNHEALTHY while overdue).
@@ -321,7 +321,7 @@ pub(crate) mod tests {
         Registration {
             agent_type: AgentType::Worker,
             capabilities: vec!["a".into()],
-            metadata: BTreeMap::new(),
+            metadata: Labels::new(),
             namespace: "default".into(),
             cluster: "local".into(),
             version: "1.0.0".into(),

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod caller;
 pub mod check;
 pub mod clock;
+pub mod labels;
 pub mod query;
 pub mod rpc;
 pub mod token;
@@ -17,6 +18,7 @@ use std::{collections::BTreeMap, fmt, str::FromStr, sync::Arc};
 
 pub use agent::{Agent, Telemetry};
 pub use caller::{Caller, Identity};
+pub use labels::Labels;
 pub use token::{Ownership, Token, TokenHash};
 
 /// Milliseconds since the Unix epoch: every deadline and timestamp inside the

@@ -1,5 +1,4 @@
 //! Unit tests of the parent module.
-use std::collections::BTreeMap;
 
 use super::*;
 use crate::domain::{AgentType, ChangeKind, Telemetry, agent::Registration};
@@ -18,7 +17,7 @@ fn agent(i: usize) -> Agent {
     let reg = Registration {
         agent_type: AgentType::ALL[i % 4],
         capabilities: caps,
-        metadata: BTreeMap::from([("zone".to_owned(), format!("z{}", i % 3))]),
+        metadata: crate::domain::Labels::from([("zone".to_owned(), format!("z{}", i % 3))]),
         namespace: format!("ns{}", i % 4),
         cluster: "local".into(),
         version: "1.0.0".into(),
