@@ -163,12 +163,16 @@ pub fn register_response(registered: &Registered) -> pb::RegisterResponse {
 pub fn registration(req: &mut pb::RegisterRequest, ttl: &TtlPolicy) -> Result<Registration> {
     let mut registration = Registration {
         agent_type: required_agent_type(req.agent_type)?,
-        capabilities: validate::capabilities(std::mem::take(&mut req.capabilities), true)?,
+        capabilities: validate::capabilities(std::mem::take(&mut req.capabilities), true)?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
         metadata: validate::metadata("metadata", std::mem::take(&mut req.metadata))?.into(),
-        namespace: validate::label("namespace", std::mem::take(&mut req.namespace), "default")?,
-        cluster: validate::label("cluster", std::mem::take(&mut req.cluster), "local")?,
-        version: validate::label("version", std::mem::take(&mut req.version), "1.0.0")?,
-        endpoint: validate::endpoint(std::mem::take(&mut req.endpoint))?,
+        namespace: validate::label("namespace", std::mem::take(&mut req.namespace), "default")?
+            .into(),
+        cluster: validate::label("cluster", std::mem::take(&mut req.cluster), "local")?.into(),
+        version: validate::label("version", std::mem::take(&mut req.version), "1.0.0")?.into(),
+        endpoint: validate::endpoint(std::mem::take(&mut req.endpoint))?.into(),
         telemetry: req.telemetry.take().map(telemetry).transpose()?,
         ttl_secs: validate::ttl(req.ttl_seconds, ttl.default_ttl, ttl.min_ttl, ttl.max_ttl)?,
         health_check: None,

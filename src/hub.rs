@@ -146,7 +146,7 @@ mod tests {
             namespace: namespace.into(),
             cluster: "local".into(),
             version: "1.0.0".into(),
-            endpoint: String::new(),
+            endpoint: Default::default(),
             telemetry: None,
             ttl_secs: 60,
             health_check: None,

@@ -4,7 +4,15 @@
 //! step needs it.
 
 /// Every workload the variable can name.
-pub const ALL: [&str; 7] = ["register", "heartbeat", "list", "discover", "watch", "history", "load"];
+pub const ALL: [&str; 7] = [
+    "register",
+    "heartbeat",
+    "list",
+    "discover",
+    "watch",
+    "history",
+    "load",
+];
 
 /// The workloads of this run.
 pub struct Steps(Option<Vec<String>>);

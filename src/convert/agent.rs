@@ -18,12 +18,12 @@ impl From<&Registration> for pb::AgentInfo {
     fn from(reg: &Registration) -> Self {
         Self {
             agent_type: reg.agent_type as i32,
-            capabilities: reg.capabilities.clone(),
+            capabilities: reg.capabilities.iter().map(|c| c.to_string()).collect(),
             metadata: to_map(&reg.metadata),
-            namespace: reg.namespace.clone(),
-            cluster: reg.cluster.clone(),
-            version: reg.version.clone(),
-            endpoint: reg.endpoint.clone(),
+            namespace: reg.namespace.to_string(),
+            cluster: reg.cluster.to_string(),
+            version: reg.version.to_string(),
+            endpoint: reg.endpoint.to_string(),
             health_check: reg.health_check.as_ref().map(Into::into),
             ..Self::default()
         }
@@ -37,17 +37,17 @@ impl From<&Agent> for pb::AgentInfo {
         Self {
             agent_id: agent.id.to_string(),
             agent_type: agent.agent_type as i32,
-            capabilities: agent.capabilities.clone(),
+            capabilities: agent.capabilities.iter().map(|c| c.to_string()).collect(),
             metadata: to_map(&agent.metadata),
             telemetry: Some((&agent.telemetry).into()),
             status: agent.status as i32,
             registered_at: agent.registered_at,
             last_seen: agent.last_seen(),
-            namespace: agent.namespace.clone(),
-            cluster: agent.cluster.clone(),
-            version: agent.version.clone(),
+            namespace: agent.namespace.to_string(),
+            cluster: agent.cluster.to_string(),
+            version: agent.version.to_string(),
             schema_version: 1,
-            endpoint: agent.endpoint.clone(),
+            endpoint: agent.endpoint.to_string(),
             expires_at: agent.expires_at(),
             revision: agent.revision,
             health_check: agent.health_check.as_ref().map(Into::into),
@@ -63,7 +63,7 @@ pub fn agent_from_wire(id: AgentId, info: pb::AgentInfo) -> Option<Agent> {
     Some(Agent {
         id,
         agent_type: AgentType::from_wire(info.agent_type)?,
-        capabilities: info.capabilities,
+        capabilities: info.capabilities.into_iter().map(Into::into).collect(),
         metadata: info.metadata.into_iter().collect(),
         telemetry: info.telemetry.unwrap_or_default().into(),
         status: Status::from_wire(info.status).unwrap_or(Status::Healthy),
@@ -71,10 +71,10 @@ pub fn agent_from_wire(id: AgentId, info: pb::AgentInfo) -> Option<Agent> {
         registered_at: info.registered_at,
         last_seen_ms: info.last_seen.saturating_mul(1000),
         ttl_secs: 0,
-        namespace: info.namespace,
-        cluster: info.cluster,
-        version: info.version,
-        endpoint: info.endpoint,
+        namespace: info.namespace.into(),
+        cluster: info.cluster.into(),
+        version: info.version.into(),
+        endpoint: info.endpoint.into(),
         revision: info.revision,
         health_check: info.health_check.and_then(health_check_from_wire),
         probe: crate::domain::check::ProbeState {
@@ -84,8 +84,12 @@ pub fn agent_from_wire(id: AgentId, info: pb::AgentInfo) -> Option<Agent> {
     })
 }
 
-fn to_map<'a>(m: impl IntoIterator<Item = (&'a String, &'a String)>) -> HashMap<String, String> {
-    m.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+fn to_map<'a, T: ToString + 'a>(
+    m: impl IntoIterator<Item = (&'a T, &'a T)>,
+) -> HashMap<String, String> {
+    m.into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// The wire name of a change kind (keep-alives, never sent, read as

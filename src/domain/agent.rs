@@ -2,6 +2,8 @@
 //! heartbeats and the overdue transition, plus the status rule (BEHAVIOUR.md
 //! §4). Stores call these so every store applies the same rules.
 
+use compact_str::CompactString;
+
 use super::Labels;
 
 use super::{
@@ -47,17 +49,17 @@ pub struct Registration {
     /// Its type.
     pub agent_type: AgentType,
     /// Distinct capabilities, in the order first given.
-    pub capabilities: Vec<String>,
+    pub capabilities: Vec<CompactString>,
     /// Free-form labels.
     pub metadata: Labels,
     /// Namespace (`default` when none was given).
-    pub namespace: String,
+    pub namespace: CompactString,
     /// Cluster (`local` when none was given).
-    pub cluster: String,
+    pub cluster: CompactString,
     /// Version (`1.0.0` when none was given).
-    pub version: String,
+    pub version: CompactString,
     /// `host:port` it serves on, or empty.
-    pub endpoint: String,
+    pub endpoint: CompactString,
     /// Initial telemetry, if any.
     pub telemetry: Option<Telemetry>,
     /// Heartbeat timeout granted, in seconds (already clamped).
@@ -82,8 +84,8 @@ impl Registration {
                     .insert(ENDPOINT_METADATA_KEY.to_owned(), self.endpoint.clone());
             }
             Some(address) if self.endpoint.is_empty() => {
-                if let Ok(valid) = super::validate::endpoint(address.clone()) {
-                    self.endpoint = valid;
+                if let Ok(valid) = super::validate::endpoint(address.to_string()) {
+                    self.endpoint = valid.into();
                 }
             }
             _ => {}
@@ -100,7 +102,7 @@ pub struct Agent {
     /// Type.
     pub agent_type: AgentType,
     /// Distinct capabilities.
-    pub capabilities: Vec<String>,
+    pub capabilities: Vec<CompactString>,
     /// Labels.
     pub metadata: Labels,
     /// Last reported telemetry (zeros when none was ever given).
@@ -116,13 +118,13 @@ pub struct Agent {
     /// Heartbeat timeout in seconds.
     pub ttl_secs: u32,
     /// Namespace.
-    pub namespace: String,
+    pub namespace: CompactString,
     /// Cluster.
-    pub cluster: String,
+    pub cluster: CompactString,
     /// Version.
-    pub version: String,
+    pub version: CompactString,
     /// Where it serves, or empty.
-    pub endpoint: String,
+    pub endpoint: CompactString,
     /// Revision of its last change seen by watchers.
     pub revision: Revision,
     /// Its active health check as granted, if any.
@@ -309,7 +311,9 @@ impl Agent {
 
     /// Whether it has every one of `capabilities`.
     pub fn has_all(&self, capabilities: &[String]) -> bool {
-        capabilities.iter().all(|c| self.capabilities.contains(c))
+        capabilities
+            .iter()
+            .all(|c| self.capabilities.iter().any(|have| have == c))
     }
 }
 
@@ -325,7 +329,7 @@ pub(crate) mod tests {
             namespace: "default".into(),
             cluster: "local".into(),
             version: "1.0.0".into(),
-            endpoint: String::new(),
+            endpoint: Default::default(),
             telemetry: None,
             ttl_secs: 10,
             health_check: None,

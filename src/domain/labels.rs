@@ -4,9 +4,11 @@
 
 use std::collections::BTreeMap;
 
+use compact_str::CompactString;
+
 /// Metadata entries, unique keys in key order; lookups by binary search.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Labels(Vec<(String, String)>);
+pub struct Labels(Vec<(CompactString, CompactString)>);
 
 impl Labels {
     /// No entries.
@@ -15,7 +17,7 @@ impl Labels {
     }
 
     /// The value of `key`.
-    pub fn get(&self, key: &str) -> Option<&String> {
+    pub fn get(&self, key: &str) -> Option<&CompactString> {
         self.position(key).ok().map(|i| &self.0[i].1)
     }
 
@@ -25,7 +27,8 @@ impl Labels {
     }
 
     /// Sets `key` to `value`, replacing what it had.
-    pub fn insert(&mut self, key: String, value: String) {
+    pub fn insert(&mut self, key: impl Into<CompactString>, value: impl Into<CompactString>) {
+        let (key, value) = (key.into(), value.into());
         match self.position(&key) {
             Ok(i) => self.0[i].1 = value,
             Err(i) => {
@@ -46,7 +49,7 @@ impl Labels {
     }
 
     /// The entries in key order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&String, &String)> {
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&CompactString, &CompactString)> {
         self.0.iter().map(|(k, v)| (k, v))
     }
 
@@ -58,28 +61,32 @@ impl Labels {
 impl From<BTreeMap<String, String>> for Labels {
     fn from(map: BTreeMap<String, String>) -> Self {
         // Already sorted and unique; collected to its exact length.
-        Self(map.into_iter().collect())
+        Self(map.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
     }
 }
 
-impl<const N: usize> From<[(String, String); N]> for Labels {
-    fn from(entries: [(String, String); N]) -> Self {
+impl<K: Into<CompactString>, V: Into<CompactString>, const N: usize> From<[(K, V); N]> for Labels {
+    fn from(entries: [(K, V); N]) -> Self {
         entries.into_iter().collect()
     }
 }
 
-impl FromIterator<(String, String)> for Labels {
+impl<K: Into<CompactString>, V: Into<CompactString>> FromIterator<(K, V)> for Labels {
     /// A later entry for a key replaces an earlier one.
-    fn from_iter<I: IntoIterator<Item = (String, String)>>(entries: I) -> Self {
-        Self::from(entries.into_iter().collect::<BTreeMap<_, _>>())
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(entries: I) -> Self {
+        let sorted: BTreeMap<CompactString, CompactString> = entries
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        Self(sorted.into_iter().collect())
     }
 }
 
 impl<'a> IntoIterator for &'a Labels {
-    type Item = (&'a String, &'a String);
+    type Item = (&'a CompactString, &'a CompactString);
     type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (String, String)>,
-        fn(&'a (String, String)) -> (&'a String, &'a String),
+        std::slice::Iter<'a, (CompactString, CompactString)>,
+        fn(&'a (CompactString, CompactString)) -> (&'a CompactString, &'a CompactString),
     >;
 
     fn into_iter(self) -> Self::IntoIter {
@@ -88,8 +95,8 @@ impl<'a> IntoIterator for &'a Labels {
 }
 
 impl IntoIterator for Labels {
-    type Item = (String, String);
-    type IntoIter = std::vec::IntoIter<(String, String)>;
+    type Item = (CompactString, CompactString);
+    type IntoIter = std::vec::IntoIter<(CompactString, CompactString)>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.0.into_iter()
@@ -102,17 +109,14 @@ mod tests {
 
     #[test]
     fn entries_stay_sorted_unique_and_found() {
-        let mut labels: Labels = [("b", "2"), ("a", "1"), ("b", "3")]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
+        let mut labels: Labels = [("b", "2"), ("a", "1"), ("b", "3")].into_iter().collect();
         assert_eq!(labels.len(), 2);
-        assert_eq!(labels.get("b").map(String::as_str), Some("3"));
-        labels.insert("0".into(), "z".into());
-        labels.insert("a".into(), "x".into());
+        assert_eq!(labels.get("b").map(CompactString::as_str), Some("3"));
+        labels.insert("0", "z");
+        labels.insert("a", "x");
         let keys: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["0", "a", "b"]);
-        assert_eq!(labels.get("a").map(String::as_str), Some("x"));
+        assert_eq!(labels.get("a").map(CompactString::as_str), Some("x"));
         assert!(!labels.contains_key("c"));
         assert_eq!(labels.get("c"), None);
     }

@@ -418,7 +418,7 @@ mod tests {
     #[test]
     fn filters_match_fields_and_metadata() {
         let mut reg = registration();
-        reg.metadata.insert("zone".into(), "eu".into());
+        reg.metadata.insert("zone", "eu");
         let a = Agent::create(AgentId::new_v4(), reg, 0);
         let mut f = AgentFilter {
             namespace: Some("default".into()),

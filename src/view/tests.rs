@@ -16,12 +16,12 @@ fn agent(i: usize) -> Agent {
     }
     let reg = Registration {
         agent_type: AgentType::ALL[i % 4],
-        capabilities: caps,
+        capabilities: caps.into_iter().map(Into::into).collect(),
         metadata: crate::domain::Labels::from([("zone".to_owned(), format!("z{}", i % 3))]),
-        namespace: format!("ns{}", i % 4),
+        namespace: format!("ns{}", i % 4).into(),
         cluster: "local".into(),
         version: "1.0.0".into(),
-        endpoint: String::new(),
+        endpoint: Default::default(),
         telemetry: Some(telemetry),
         ttl_secs: 60,
         health_check: None,
