@@ -18,12 +18,16 @@ impl From<&Registration> for pb::AgentInfo {
     fn from(reg: &Registration) -> Self {
         Self {
             agent_type: reg.agent_type as i32,
-            capabilities: reg.capabilities.iter().map(|c| c.to_string()).collect(),
+            capabilities: reg
+                .capabilities
+                .iter()
+                .map(|c| c.as_str().to_owned())
+                .collect(),
             metadata: to_map(&reg.metadata),
-            namespace: reg.namespace.to_string(),
-            cluster: reg.cluster.to_string(),
-            version: reg.version.to_string(),
-            endpoint: reg.endpoint.to_string(),
+            namespace: reg.namespace.as_str().to_owned(),
+            cluster: reg.cluster.as_str().to_owned(),
+            version: reg.version.as_str().to_owned(),
+            endpoint: reg.endpoint.as_str().to_owned(),
             health_check: reg.health_check.as_ref().map(Into::into),
             ..Self::default()
         }
@@ -37,17 +41,21 @@ impl From<&Agent> for pb::AgentInfo {
         Self {
             agent_id: agent.id.to_string(),
             agent_type: agent.agent_type as i32,
-            capabilities: agent.capabilities.iter().map(|c| c.to_string()).collect(),
+            capabilities: agent
+                .capabilities
+                .iter()
+                .map(|c| c.as_str().to_owned())
+                .collect(),
             metadata: to_map(&agent.metadata),
             telemetry: Some((&agent.telemetry).into()),
             status: agent.status as i32,
             registered_at: agent.registered_at,
             last_seen: agent.last_seen(),
-            namespace: agent.namespace.to_string(),
-            cluster: agent.cluster.to_string(),
-            version: agent.version.to_string(),
+            namespace: agent.namespace.as_str().to_owned(),
+            cluster: agent.cluster.as_str().to_owned(),
+            version: agent.version.as_str().to_owned(),
             schema_version: 1,
-            endpoint: agent.endpoint.to_string(),
+            endpoint: agent.endpoint.as_str().to_owned(),
             expires_at: agent.expires_at(),
             revision: agent.revision,
             health_check: agent.health_check.as_ref().map(Into::into),
@@ -84,11 +92,11 @@ pub fn agent_from_wire(id: AgentId, info: pb::AgentInfo) -> Option<Agent> {
     })
 }
 
-fn to_map<'a, T: ToString + 'a>(
+fn to_map<'a, T: AsRef<str> + 'a>(
     m: impl IntoIterator<Item = (&'a T, &'a T)>,
 ) -> HashMap<String, String> {
     m.into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned()))
         .collect()
 }
 
