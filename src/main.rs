@@ -10,11 +10,11 @@ use agent_registry::{
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of glibc's allocator: under the view's churn of small
+/// jemalloc instead of glibc's allocator: under the view's churn of small
 /// records glibc spent up to half of a ListAgents call in `_int_malloc` and
 /// `malloc_consolidate` (README, Benchmarks).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
