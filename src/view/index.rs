@@ -48,9 +48,12 @@ pub(super) struct CapabilityCount<'a> {
 
 /// A ranked discover group with at most this many candidates ranks them
 /// all; one with more walks the rank order, where about one entry in
-/// (partition / candidates) is a candidate. Both cost about the same here,
-/// so neither ever reads more than a few hundred records per result.
-const RANK_ALL_BELOW: u64 = 512;
+/// (partition / candidates) is a candidate. Ranking reads every
+/// candidate's record (a cache miss each, ~100 ns); the walk visits about
+/// `max_results × partition / candidates` tree entries at a few ns each and
+/// a bitmap test: at 100 000 agents and 5 results they cost the same near
+/// 200 candidates.
+const RANK_ALL_BELOW: u64 = 192;
 
 /// A rank walk visiting this many entries (or passing this many
 /// candidates that other filters reject) without filling the answer falls
