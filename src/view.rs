@@ -200,11 +200,7 @@ impl View {
 
     /// Every agent with an active health check (the prober's work list).
     pub fn with_checks(&self) -> Vec<Arc<Agent>> {
-        self.read()
-            .agents()
-            .filter(|a| a.health_check.is_some())
-            .cloned()
-            .collect()
+        self.read().with_checks().cloned().collect()
     }
 
     /// One agent.

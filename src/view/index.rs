@@ -29,6 +29,9 @@ pub(super) struct Index {
     pub(super) by_namespace: HashMap<String, RoaringBitmap>,
     by_type: HashMap<AgentType, RoaringBitmap>,
     by_status: [RoaringBitmap; 3],
+    /// Agents with an active health check: the prober's work list, read
+    /// every 100 ms, must not cost a pass over every agent.
+    with_check: RoaringBitmap,
     pub(super) by_list_order: BTreeMap<ListKey, Arc<Agent>>,
     /// Per status, every agent's slot in RANKED order: a ranked discover
     /// with many candidates walks its status's partition and stops after
@@ -93,6 +96,11 @@ impl Index {
     /// Every agent, in no particular order.
     pub(super) fn agents(&self) -> impl Iterator<Item = &Arc<Agent>> {
         self.slots.iter().flatten()
+    }
+
+    /// Every agent with an active health check.
+    pub(super) fn with_checks(&self) -> impl Iterator<Item = &Arc<Agent>> {
+        self.with_check.iter().filter_map(|slot| self.slot(slot))
     }
 
     /// Every capability some agent has, in no particular order.
@@ -169,6 +177,7 @@ impl Index {
             .or_default()
             .insert(slot);
         self.by_status[rank_slot(agent.status)].insert(slot);
+        self.mark_check(slot, &agent);
         self.by_list_order.insert(list_key(&agent), agent.clone());
         self.by_rank[rank_slot(agent.status)].insert(RankKey::of(&agent), slot);
         *self
@@ -192,8 +201,18 @@ impl Index {
             ranks.remove(&before);
             ranks.insert(after, slot);
         }
+        self.mark_check(slot, &agent);
         if let Some(entry) = self.slots.get_mut(slot as usize) {
             *entry = Some(agent);
+        }
+    }
+
+    /// Whether `slot` is in the set of agents with a check, as `agent` says.
+    fn mark_check(&mut self, slot: u32, agent: &Agent) {
+        if agent.health_check.is_some() {
+            self.with_check.insert(slot);
+        } else {
+            self.with_check.remove(slot);
         }
     }
 
@@ -210,6 +229,7 @@ impl Index {
             }
         }
         self.by_status[rank_slot(old.status)].remove(slot);
+        self.with_check.remove(slot);
         self.by_list_order.remove(&list_key(old));
         self.by_rank[rank_slot(old.status)].remove(&RankKey::of(old));
         if let Some(n) = self.population.get_mut(&(old.agent_type, old.status)) {

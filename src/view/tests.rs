@@ -266,3 +266,61 @@ fn an_agent_moving_to_another_namespace_is_found_only_there() {
     assert!(view.discover(&query("ns3")).is_empty());
     assert!(view.read().by_namespace.is_empty());
 }
+
+/// The prober's work list comes from its own index: it follows checks
+/// added, dropped by a re-registration that keeps every other key, and
+/// agents removed.
+#[test]
+fn agents_with_checks_are_indexed_through_every_change() {
+    use crate::domain::check::{CheckKind, HealthCheck};
+    let check = HealthCheck {
+        kind: CheckKind::Tcp,
+        target: "127.0.0.1:9".into(),
+        path: String::new(),
+        interval_secs: 10,
+        timeout_secs: 2,
+        failures_before_unhealthy: 3,
+        successes_before_healthy: 1,
+        deregister_after_secs: 0,
+    };
+    let mut agents: Vec<Agent> = (0..50).map(agent).collect();
+    for a in agents.iter_mut().step_by(5) {
+        a.health_check = Some(check.clone());
+    }
+    let view = View::new();
+    view.reset(Snapshot {
+        revision: 1,
+        agents: agents.iter().cloned().map(Arc::new).collect(),
+    });
+    let ids = |view: &View| {
+        let mut ids: Vec<AgentId> = view.with_checks().iter().map(|a| a.id).collect();
+        ids.sort();
+        ids
+    };
+    let mut expected: Vec<AgentId> = agents.iter().step_by(5).map(|a| a.id).collect();
+    expected.sort();
+    assert_eq!(ids(&view), expected);
+    // Agent 0 loses its check, agent 1 gains one; nothing else changes.
+    let mut dropped = agents[0].clone();
+    dropped.health_check = None;
+    let mut gained = agents[1].clone();
+    gained.health_check = Some(check);
+    for (revision, a) in [(2, dropped), (3, gained.clone())] {
+        view.apply(&Change {
+            revision,
+            kind: ChangeKind::Updated,
+            agent: Arc::new(a),
+            at: 0,
+        });
+    }
+    view.apply(&Change {
+        revision: 4,
+        kind: ChangeKind::Deregistered,
+        agent: Arc::new(agents[5].clone()),
+        at: 0,
+    });
+    expected.retain(|id| *id != agents[0].id && *id != agents[5].id);
+    expected.push(gained.id);
+    expected.sort();
+    assert_eq!(ids(&view), expected);
+}
