@@ -219,7 +219,10 @@ impl Server {
             // 10 000 watchers plus the bench's own streams fit.
             .args(["--max-streams", "20000", "--max-ttl", "3600"])
             .args(extra)
-            .env("RUST_LOG", "warn");
+            .env(
+                "RUST_LOG",
+                std::env::var("REGISTRY_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         Ok(Self {
             child: Child::spawn(name, command, dir)?,
             endpoint: format!("http://127.0.0.1:{port}"),

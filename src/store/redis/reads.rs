@@ -56,6 +56,7 @@ impl RedisStore {
         // A snapshot of a large registry is one big reply (about 0.5 KB per
         // agent): give it its own connection and a bound of its own, so it
         // is never cut off by the per-call timeout meant for clients.
+        let started = std::time::Instant::now();
         let snapshot = self.topology.run_long(&invocation, SNAPSHOT_TIMEOUT);
         let reply = match tokio::time::timeout(SNAPSHOT_TIMEOUT, snapshot).await {
             Ok(reply) => reply,
@@ -70,9 +71,16 @@ impl RedisStore {
         self.saw(revision);
         // Decoding 100 000 records takes a while: off the runtime's
         // threads, and spread over the cores.
+        let fetched = started.elapsed();
         let agents = tokio::task::spawn_blocking(move || decode_records(&reply[1..]))
             .await
             .map_err(|e| internal(format!("snapshot decoding: {e}")))??;
+        tracing::debug!(
+            agents = agents.len(),
+            fetched_ms = fetched.as_millis() as u64,
+            decoded_ms = (started.elapsed() - fetched).as_millis() as u64,
+            "snapshot read"
+        );
         Ok(Snapshot { revision, agents })
     }
 
