@@ -16,9 +16,8 @@
 //! issue 10's goals met or not. A failing step prints an error row and the
 //! run goes on; every loop is bounded in count and time.
 //!
-//! `REGISTRY_BENCH_SCALE` (0 < s ≤ 1, default 1) scales every count down
-//! for a quick try, e.g. `REGISTRY_BENCH_SCALE=0.05 cargo bench --profile
-//! dev --bench registry`.
+//! `REGISTRY_BENCH_SCALE` (0 < s ≤ 1, default 1) scales every count down for
+//! a quick try; `REGISTRY_BENCH_ONLY` picks the workloads (`steps.rs`).
 // Printing the tables is this program's whole job.
 #![allow(clippy::print_stdout)]
 
@@ -402,8 +401,9 @@ async fn run(sizes: Sizes) {
             report.failures("history cost (resume)", t.kind.label(), &short, 0);
             if short.count > 0 {
                 report.notes.push(format!(
-                    "{}: last log lines after the resumes (RUST_LOG=warn): {}",
+                    "{}: last log lines after the resumes (RUST_LOG={}): {}",
                     t.kind.label(),
+                    procs::server_log(),
                     t.server.child.log_tail(4)
                 ));
             }
@@ -455,7 +455,8 @@ async fn run(sizes: Sizes) {
                 report.errors.push((step.into(), "Redis store".into(), e));
             }
             report.notes.push(format!(
-                "fresh Redis-backed replica, last log lines (RUST_LOG=warn): {}",
+                "fresh Redis-backed replica, last log lines (RUST_LOG={}): {}",
+                procs::server_log(),
                 load.log
             ));
         }

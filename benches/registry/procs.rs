@@ -219,10 +219,7 @@ impl Server {
             // 10 000 watchers plus the bench's own streams fit.
             .args(["--max-streams", "20000", "--max-ttl", "3600"])
             .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("REGISTRY_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
-            );
+            .env("RUST_LOG", server_log());
         Ok(Self {
             child: Child::spawn(name, command, dir)?,
             endpoint: format!("http://127.0.0.1:{port}"),
@@ -298,4 +295,9 @@ impl Server {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64)
     }
+}
+
+/// The servers' `RUST_LOG`: `REGISTRY_BENCH_SERVER_LOG`, or `warn`.
+pub fn server_log() -> String {
+    std::env::var("REGISTRY_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into())
 }
