@@ -14,6 +14,12 @@ ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
 WORKDIR /src
 
+# jemalloc (the server's allocator, statically linked) is built from its C
+# sources with make, which the slim image lacks; gcc it has.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/*
+
 # 1. Dependencies only, cached until Cargo.toml, Cargo.lock, build.rs or a
 #    .proto file changes: build the manifest against stub sources. build.rs
 #    compiles proto/ and the legacy contract in tests/proto/ (protoc comes
