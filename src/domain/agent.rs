@@ -4,10 +4,8 @@
 
 use compact_str::CompactString;
 
-use super::Labels;
-
 use super::{
-    AgentId, AgentType, Millis, Revision, Status,
+    AgentId, AgentType, Labels, Millis, Revision, Status,
     check::{HealthCheck, ProbeState},
     to_secs,
 };
@@ -84,7 +82,7 @@ impl Registration {
                     .insert(ENDPOINT_METADATA_KEY.to_owned(), self.endpoint.clone());
             }
             Some(address) if self.endpoint.is_empty() => {
-                if let Ok(valid) = super::validate::endpoint(address.to_string()) {
+                if let Ok(valid) = super::validate::endpoint(address.as_str().to_owned()) {
                     self.endpoint = valid.into();
                 }
             }
