@@ -57,8 +57,16 @@ struct Record {
     agent: Arc<Agent>,
     token: TokenHash,
     /// Owner key of the identity that registered the agent, if one did.
-    owner: Option<TokenHash>,
-    /// Id of the last notification issued to this agent.
+    /// Boxed, like the mailbox: most agents have neither, and a record per
+    /// agent is most of this store's memory.
+    owner: Option<Box<TokenHash>>,
+    /// Its notifications, from the first one on.
+    mailbox: Option<Box<Mailbox>>,
+}
+
+/// An agent's notifications: the last id issued and the backlog.
+#[derive(Debug, Default)]
+struct Mailbox {
     last_notification: u64,
     backlog: VecDeque<Arc<Notification>>,
     /// Bytes held in `backlog` (as [`notification_bytes`] counts them).
@@ -180,19 +188,24 @@ impl MemoryStore {
             Record {
                 agent: Arc::new(agent.clone()),
                 token,
-                owner,
-                last_notification: 0,
-                backlog: VecDeque::new(),
-                backlog_bytes: 0,
+                owner: owner.map(Box::new),
+                mailbox: None,
             },
         );
         self.commit(state, ChangeKind::Registered, agent, now)
     }
 }
 
+fn not_a_notification_id() -> Error {
+    Error::invalid(
+        "after_notification_id",
+        "is not a notification id of this agent",
+    )
+}
+
 fn find<'a>(state: &'a State, id: AgentId, owner: &Ownership) -> Result<&'a Record> {
     let record = state.records.get(&id).ok_or(Error::NotFound(id))?;
-    authorize(&record.token, record.owner.as_ref(), owner)?;
+    authorize(&record.token, record.owner.as_deref(), owner)?;
     Ok(record)
 }
 
@@ -206,7 +219,7 @@ impl Store for MemoryStore {
                 required: cmd.require_token,
                 caller: cmd.caller,
             };
-            authorize(&record.token, record.owner.as_ref(), &proof)?;
+            authorize(&record.token, record.owner.as_deref(), &proof)?;
             let agent = record.agent.reregister(cmd.registration, now);
             let (agent, revision) = self.commit(&mut state, ChangeKind::Updated, agent, now);
             return Ok(Registered {
@@ -345,22 +358,23 @@ impl Store for MemoryStore {
             .records
             .get_mut(&cmd.agent_id)
             .ok_or(Error::NotFound(cmd.agent_id))?;
-        record.last_notification += 1;
+        let mailbox = record.mailbox.get_or_insert_with(Box::default);
+        mailbox.last_notification += 1;
         let notification = Arc::new(Notification {
-            id: record.last_notification,
+            id: mailbox.last_notification,
             agent_id: cmd.agent_id,
             kind: cmd.kind,
             message: cmd.message,
             metadata: cmd.metadata,
             at: now,
         });
-        record.backlog_bytes += notification_bytes(&notification);
-        record.backlog.push_back(notification.clone());
-        while record.backlog.len() > 1
-            && (record.backlog.len() > BACKLOG_LEN || record.backlog_bytes > BACKLOG_BYTES)
+        mailbox.backlog_bytes += notification_bytes(&notification);
+        mailbox.backlog.push_back(notification.clone());
+        while mailbox.backlog.len() > 1
+            && (mailbox.backlog.len() > BACKLOG_LEN || mailbox.backlog_bytes > BACKLOG_BYTES)
         {
-            if let Some(old) = record.backlog.pop_front() {
-                record.backlog_bytes -= notification_bytes(&old);
+            if let Some(old) = mailbox.backlog.pop_front() {
+                mailbox.backlog_bytes -= notification_bytes(&old);
             }
         }
         // No receiver is fine: no replica view is subscribed yet.
@@ -397,13 +411,17 @@ impl Store for MemoryStore {
         let state = self.lock();
         let record = find(&state, agent_id, &owner)?;
         let after = after.unwrap_or(0);
-        if after > record.last_notification {
-            return Err(Error::invalid(
-                "after_notification_id",
-                "is not a notification id of this agent",
-            ));
+        let Some(mailbox) = &record.mailbox else {
+            return if after > 0 {
+                Err(not_a_notification_id())
+            } else {
+                Ok(Vec::new())
+            };
+        };
+        if after > mailbox.last_notification {
+            return Err(not_a_notification_id());
         }
-        Ok(record
+        Ok(mailbox
             .backlog
             .iter()
             .filter(|n| n.id > after)
