@@ -18,11 +18,7 @@ impl From<&Registration> for pb::AgentInfo {
     fn from(reg: &Registration) -> Self {
         Self {
             agent_type: reg.agent_type as i32,
-            capabilities: reg
-                .capabilities
-                .iter()
-                .map(|c| c.as_str().to_owned())
-                .collect(),
+            capabilities: to_strings(&reg.capabilities),
             metadata: to_map(&reg.metadata),
             namespace: reg.namespace.as_str().to_owned(),
             cluster: reg.cluster.as_str().to_owned(),
@@ -41,11 +37,7 @@ impl From<&Agent> for pb::AgentInfo {
         Self {
             agent_id: agent.id.to_string(),
             agent_type: agent.agent_type as i32,
-            capabilities: agent
-                .capabilities
-                .iter()
-                .map(|c| c.as_str().to_owned())
-                .collect(),
+            capabilities: to_strings(&agent.capabilities),
             metadata: to_map(&agent.metadata),
             telemetry: Some((&agent.telemetry).into()),
             status: agent.status as i32,
@@ -90,6 +82,10 @@ pub fn agent_from_wire(id: AgentId, info: pb::AgentInfo) -> Option<Agent> {
             ..Default::default()
         },
     })
+}
+
+fn to_strings(v: &[compact_str::CompactString]) -> Vec<String> {
+    v.iter().map(|c| c.as_str().to_owned()).collect()
 }
 
 fn to_map<'a, T: AsRef<str> + 'a>(

@@ -21,11 +21,6 @@ impl Labels {
         self.position(key).ok().map(|i| &self.0[i].1)
     }
 
-    /// Whether `key` is present.
-    pub fn contains_key(&self, key: &str) -> bool {
-        self.position(key).is_ok()
-    }
-
     /// Sets `key` to `value`, replacing what it had.
     pub fn insert(&mut self, key: impl Into<CompactString>, value: impl Into<CompactString>) {
         let (key, value) = (key.into(), value.into());
@@ -117,7 +112,6 @@ mod tests {
         let keys: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["0", "a", "b"]);
         assert_eq!(labels.get("a").map(CompactString::as_str), Some("x"));
-        assert!(!labels.contains_key("c"));
         assert_eq!(labels.get("c"), None);
     }
 }

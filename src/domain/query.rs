@@ -45,17 +45,19 @@ impl AgentFilter {
     /// Whether `agent` passes every filter.
     pub fn matches(&self, agent: &Agent) -> bool {
         self.status.is_none_or(|s| status_selects(s, agent.status))
-            && self.matches_except_status(agent)
-    }
-
-    /// Whether `agent` passes every filter but the status one.
-    pub fn matches_except_status(&self, agent: &Agent) -> bool {
-        self.agent_type.is_none_or(|t| t == agent.agent_type)
+            && self.agent_type.is_none_or(|t| t == agent.agent_type)
             && self
                 .namespace
                 .as_ref()
                 .is_none_or(|n| *n == agent.namespace)
-            && self.cluster.as_ref().is_none_or(|c| *c == agent.cluster)
+            && self.matches_unindexed(agent)
+    }
+
+    /// Whether `agent` passes the filters the view does not index: cluster,
+    /// version and metadata (status, type and namespace it answers with
+    /// its bitmaps).
+    pub fn matches_unindexed(&self, agent: &Agent) -> bool {
+        self.cluster.as_ref().is_none_or(|c| *c == agent.cluster)
             && self.version.as_ref().is_none_or(|v| *v == agent.version)
             && self
                 .metadata
@@ -64,12 +66,6 @@ impl AgentFilter {
                     Some(have) => have == v,
                     None => k == SECURITY_LEVEL_KEY && v == DEFAULT_SECURITY_LEVEL,
                 })
-    }
-
-    /// Whether a filter is set that only the record can answer (`cluster`,
-    /// `version`, metadata): type, namespace and status are indexed.
-    pub fn has_record_filters(&self) -> bool {
-        self.cluster.is_some() || self.version.is_some() || !self.metadata.is_empty()
     }
 
     /// A stable fingerprint of the filter, bound into page tokens so a token

@@ -64,14 +64,6 @@ const RANK_ALL_BELOW: u64 = 192;
 /// rank low or whose `cluster`/`version`/metadata filter rejects most.
 const WALK_BUDGET: usize = 4096;
 
-/// Which slots a query can match.
-enum Selection<'a> {
-    /// Every agent: no capability, namespace or type restriction.
-    All,
-    /// Only these (possibly none).
-    Slots(Cow<'a, RoaringBitmap>),
-}
-
 // === impl Index ===
 
 pub(super) fn rank_slot(status: Status) -> usize {
@@ -239,14 +231,14 @@ impl Index {
 
     /// The slots of the agents with all of `caps`, in `namespace` and of
     /// `agent_type` (each when given): the intersection of their bitmaps,
-    /// the smallest first.
+    /// the smallest first. `None`: no restriction, every agent.
     fn select(
         &self,
         caps: &[String],
         namespace: Option<&str>,
         agent_type: Option<AgentType>,
-    ) -> Selection<'_> {
-        let none = || Selection::Slots(Cow::Owned(RoaringBitmap::new()));
+    ) -> Option<Cow<'_, RoaringBitmap>> {
+        let none = || Some(Cow::Owned(RoaringBitmap::new()));
         let mut sets = Vec::with_capacity(caps.len() + 2);
         for cap in caps {
             match self.by_capability.get(cap) {
@@ -268,17 +260,14 @@ impl Index {
         }
         sets.sort_by_key(|slots| slots.len());
         let mut sets = sets.into_iter();
-        let Some(smallest) = sets.next() else {
-            return Selection::All;
-        };
-        let mut selected = Cow::Borrowed(smallest);
+        let mut selected = Cow::Borrowed(sets.next()?);
         for other in sets {
             if selected.is_empty() {
                 break;
             }
             selected = Cow::Owned(selected.as_ref() & other);
         }
-        Selection::Slots(selected)
+        Some(selected)
     }
 
     /// RANKED discover: for `HEALTHY`, the HEALTHY group, then the DEGRADED
@@ -297,8 +286,6 @@ impl Index {
             Status::Degraded => &[Status::Degraded],
             Status::Unhealthy => &[Status::Unhealthy],
         };
-        // The selection answered type and namespace, the group the status.
-        let passes = |a: &Agent| !filter.has_record_filters() || filter.matches_except_status(a);
         let mut out = Vec::with_capacity(query.max_results.min(64));
         for group in groups {
             let room = query.max_results.saturating_sub(out.len());
@@ -306,17 +293,11 @@ impl Index {
                 break;
             }
             let in_status = &self.by_status[rank_slot(*group)];
-            let count = match &selection {
-                Selection::All => in_status.len(),
-                Selection::Slots(slots) => slots.intersection_len(in_status),
-            };
+            let selected = selection.as_deref();
+            let count = selected.map_or(in_status.len(), |s| s.intersection_len(in_status));
             if count == 0 {
                 continue;
             }
-            let selected = match &selection {
-                Selection::All => None,
-                Selection::Slots(slots) => Some(slots.as_ref()),
-            };
             if count > RANK_ALL_BELOW
                 && let Some(found) = self.walk_ranks(*group, selected, query, room)
             {
@@ -330,7 +311,7 @@ impl Index {
             let matching: Vec<&Arc<Agent>> = candidates
                 .iter()
                 .filter_map(|slot| self.slot(slot))
-                .filter(|a| passes(a))
+                .filter(|a| filter.matches_unindexed(a))
                 .collect();
             out.extend(
                 order_discovered(matching, Strategy::Ranked, room, 0)
@@ -360,7 +341,7 @@ impl Index {
                 continue;
             }
             if let Some(agent) = self.slot(slot)
-                && (!query.filter.has_record_filters() || query.filter.matches_except_status(agent))
+                && query.filter.matches_unindexed(agent)
             {
                 out.push(agent.clone());
                 if out.len() == room {
@@ -379,11 +360,9 @@ impl Index {
         namespace: Option<&str>,
     ) -> Box<dyn Iterator<Item = &'a Arc<Agent>> + 'a> {
         match self.select(caps, namespace, None) {
-            Selection::All => Box::new(self.agents()),
-            Selection::Slots(Cow::Borrowed(slots)) => {
-                Box::new(slots.iter().filter_map(|slot| self.slot(slot)))
-            }
-            Selection::Slots(Cow::Owned(slots)) => {
+            None => Box::new(self.agents()),
+            Some(Cow::Borrowed(slots)) => Box::new(slots.iter().filter_map(|slot| self.slot(slot))),
+            Some(Cow::Owned(slots)) => {
                 Box::new(slots.into_iter().filter_map(|slot| self.slot(slot)))
             }
         }
